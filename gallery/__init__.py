@@ -1,0 +1,1 @@
+"""The gallery: the Flask site, the store and recipes."""

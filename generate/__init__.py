@@ -1,0 +1,1 @@
+"""Generation: presets and weights, CLIP guidance, the sampler, jobs and the worker."""

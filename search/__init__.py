@@ -1,0 +1,1 @@
+"""Search: CLIP embeddings, the vector index and queries."""

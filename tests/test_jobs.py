@@ -1,0 +1,155 @@
+"""Jobs end to end on the tiny preset: files, rows, recipes, resume after SIGKILL, reproduce, cancel."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, tiny_recipe
+from gallery.recipe import read_png_recipe
+from generate.jobs import JobRunner, job_dir
+from generate.worker import Worker
+
+GEN = ["generate", "--model", "tiny", "--steps", "6", "-p", "a green star on a black background"]
+
+
+def files_of(instance, job_id):
+    return sorted(p.relative_to(instance).as_posix() for p in job_dir(instance, job_id).iterdir())
+
+
+def test_generate_job_end_to_end(cli, instance, store):
+    result = cli(*GEN, "--n", "3", "--seed", "40", "--save-every", "2")
+    assert result.exit_code == 0, result.output
+    job = store.list_jobs()[0]
+    assert (job.status, job.done, job.n, job.seed) == ("done", 3, 3, 40)
+    rows = store.images_for_job(job.id)
+    assert [r["seed"] for r in rows] == [40, 41, 42]
+    expected = sorted([r["path"] for r in rows] + [r["animation_path"] for r in rows])
+    assert files_of(instance, job.id) == expected
+    for r in rows:
+        recipe, extra = read_png_recipe(instance / r["path"])
+        assert recipe.seed == r["seed"] and recipe.prompt == "a green star on a black background"
+        assert recipe.steps == 6 and recipe.model == "tiny" and recipe.clip_model == "tiny"
+        assert extra["job"] == job.id and extra["index"] == r["idx"]
+        assert json.loads(r["recipe"]) == recipe.to_dict()
+        emb = store.embedding(r["id"])
+        assert emb.shape == (64,) and abs(float(np.linalg.norm(emb)) - 1) < 1e-5
+        import imageio.v3 as iio
+        frames = iio.imread(instance / r["animation_path"])  # every 2nd of 6 steps + final, + a hold
+        assert frames.ndim == 4 and frames.shape[0] >= 4 and frames.shape[1] >= 256
+    shown = cli("show", rows[0]["id"])
+    assert "a green star on a black background" in shown.output and '"seed": 40' in shown.output
+    listed = cli("jobs")
+    assert f"{job.id}" in listed.output and "done" in listed.output and "3/3" in listed.output
+
+
+def test_identical_rerun_resumes_instead_of_duplicating(cli, store):
+    assert cli(*GEN, "--n", "2", "--seed", "1", "--queue").exit_code == 0
+    again = cli(*GEN, "--n", "2", "--seed", "1")
+    assert "resuming job 1" in again.output
+    assert len(store.list_jobs()) == 1 and store.get_job(1).done == 2
+
+
+def _done_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_with_exactly_n_images(instance):
+    n, seed = 6, 5
+    cmd = [sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), *GEN, "--n", str(n), "--seed", str(seed)]
+    env = {**os.environ, "CLIP_CURATOR_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _done_count(instance / "gallery.db") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere inside the next image
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _done_count(instance / "gallery.db")
+    assert 2 <= killed_at < n, "the job must be killed part-way"
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{killed_at}/{n} images already done" in rerun.stderr
+    conn = sqlite3.connect(instance / "gallery.db")
+    rows = conn.execute("SELECT idx, seed, path, animation_path FROM images ORDER BY idx").fetchall()
+    jobs = conn.execute("SELECT status, done FROM jobs").fetchall()
+    conn.close()
+    assert jobs == [("done", n)]
+    assert [r[0] for r in rows] == list(range(n))
+    assert sorted(r[1] for r in rows) == list(range(seed, seed + n))  # no duplicate seeds
+    assert files_of(instance, 1) == sorted([r[2] for r in rows] + [r[3] for r in rows])  # no orphans
+
+
+def test_reproduce_from_the_gallery_and_from_the_png_alone(cli, instance, store, tmp_path):
+    assert cli(*GEN, "--n", "1", "--seed", "77").exit_code == 0
+    row = store.images_for_job(1)[0]
+    result = cli("reproduce", row["id"], "-o", tmp_path / "again.png")
+    assert result.exit_code == 0 and "identical pixels" in result.output, result.output
+    original = np.asarray(Image.open(instance / row["path"]))
+    assert np.array_equal(original, np.asarray(Image.open(tmp_path / "again.png")))
+    # The file alone, copied out of the gallery, into an instance with no database.
+    lone = tmp_path / "elsewhere" / "lone.png"
+    lone.parent.mkdir()
+    lone.write_bytes((instance / row["path"]).read_bytes())
+    from click.testing import CliRunner
+    from cli import main
+    r2 = CliRunner().invoke(main, ["--instance", str(tmp_path / "empty"), "reproduce", str(lone), "-o",
+                                   str(tmp_path / "from-file.png")])
+    assert r2.exit_code == 0 and "identical pixels" in r2.output, r2.output
+    assert not (tmp_path / "empty" / "gallery.db").exists()
+
+
+def test_cancel_stops_after_the_current_image_and_keeps_what_finished(store, models):
+    recipe = tiny_recipe(steps=6)
+    job = store.create_job("generate", recipe.to_json(), 50, 0)
+    from gallery.store import Store
+    other = Store(store.path)  # the site or CLI asking, over its own connection
+
+    def on_progress(p):
+        if p.done >= 1:
+            other.request_cancel(job)
+
+    status = JobRunner(store, models, "cpu", on_progress=on_progress, heartbeat_s=0).run(job)
+    assert status == "cancelled"
+    j = store.get_job(job)
+    assert j.status == "cancelled" and 1 <= j.done < 50
+    assert len(store.images_for_job(job)) == j.done
+    other.close()
+
+
+def test_worker_records_a_failing_job_and_runs_the_next(store, models, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(init)
+    bad = store.create_job("generate", tiny_recipe(steps=4, init_image=str(init), skip_timesteps=2).to_json(), 1, 0)
+    init.unlink()  # gone by the time the worker gets to it
+    good = store.create_job("generate", tiny_recipe(steps=4).to_json(), 1, 0)
+    events = []
+    Worker(store, models, "cpu", on_event=events.append).run(once=True)
+    assert store.get_job(bad).status == "failed" and "image file not found" in store.get_job(bad).error
+    assert store.get_job(good).status == "done" and store.get_job(good).done == 1
+    assert any("failed" in e for e in events)
+
+
+def test_worker_resumes_a_job_whose_worker_died(store, models):
+    job = store.create_job("generate", tiny_recipe(steps=4).to_json(), 2, 9)
+    store.claim_job(job, "elsewhere:1")
+    store.conn.execute("UPDATE jobs SET heartbeat = heartbeat - 3600 WHERE id = ?", (job,))
+    Worker(store, models, "cpu").run(once=True)
+    assert store.get_job(job).status == "done" and store.get_job(job).done == 2
