@@ -340,5 +340,137 @@ def demo(c: Ctx, n, seed, device):
         click.echo(f"{row['id']:>5}  {c.instance / row['path']}  {c.instance / row['animation_path']}")
 
 
+def _searcher(c: Ctx, store):
+    from search.embed import Embedder, search_clip_name
+    from search.query import Searcher
+
+    models = c.models()
+    clip = models.clip(search_clip_name(store, c.instance), _cpu_or_auto())
+    return Searcher(store, Embedder(clip), c.instance / "index")
+
+
+def _cpu_or_auto():
+    from generate.models import pick_device
+
+    return pick_device("auto")
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("--like", "like_id", type=int, help="Images like this gallery image instead of a text query.")
+@click.option("-k", "k", default=12, show_default=True, help="Results per page.")
+@click.option("--page", default=1, show_default=True, help="Page of results (1 is the best).")
+@click.option("--starred", is_flag=True, help="Only starred images.")
+@click.option("--job", "job_id", type=int, help="Only images of this job.")
+@click.option("--since", help="Only images created at or after this date (YYYY-MM-DD).")
+@click.option("--until", help="Only images created before this date (YYYY-MM-DD).")
+@click.option("--keyword", help="Only images whose prompt contains these words.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
+@pass_ctx
+@fail_cleanly
+def search(c: Ctx, query, like_id, k, page, starred, job_id, since, until, keyword, as_json):
+    """Search the gallery with CLIP by phrase, text arithmetic, or likeness to an image.
+
+    Example: python cli.py search '"owl" + "watercolor" - "photo"' --starred -k 12
+    """
+    from generate.errors import BadRequest
+    from search.query import Filters
+
+    if (query is None) == (like_id is None):
+        raise BadRequest("give a query phrase or --like ID (one of them)")
+    if page < 1:
+        raise BadRequest(f"--page must be at least 1, not {page}")
+    store = c.existing_store()
+    if store is None:
+        return
+    searcher = _searcher(c, store)
+    filters = Filters(starred=starred, job_id=job_id, since=since, until=until, keyword=keyword)
+    offset = (page - 1) * k
+    hits = (searcher.like(like_id, k, offset, filters) if like_id is not None
+            else searcher.text(query, k, offset, filters))
+    for h in hits:
+        if as_json:
+            click.echo(json.dumps({"id": h.id, "score": round(h.score, 4), "prompt": h.row["prompt"],
+                                   "path": str(c.instance / h.row["path"]), "starred": bool(h.row["starred"])}))
+        else:
+            star = "*" if h.row["starred"] else " "
+            click.echo(f"{h.id:>6} {star} {h.score:+.3f}  {h.row['prompt'][:50]:<50}  {c.instance / h.row['path']}")
+
+
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Rebuild the vector index from the database.")
+@pass_ctx
+@fail_cleanly
+def index(c: Ctx, rebuild):
+    """Embed images that lack a search embedding and bring the vector index up to date.
+
+    Example: python cli.py index --rebuild
+    """
+    from tqdm import tqdm
+
+    store = c.store()
+    searcher = _searcher(c, store)
+    emb = searcher.embedder
+    todo = store.images_without_embedding(emb.id)
+    if todo:
+        with tqdm(total=len(todo), unit="img", desc="embedding", file=sys.stderr) as bar:
+            vecs = emb.files([c.instance / r["path"] for r in todo], progress=bar.update)
+        good = [(r["id"], v) for r, v in zip(todo, vecs) if not isinstance(v, Exception)]
+        for r, v in zip(todo, vecs):
+            if isinstance(v, Exception):
+                click.echo(f"skipped image {r['id']}: {v}", err=True)
+        store.put_embeddings(emb.id, good)
+    total = store.embedding_stats(emb.id)[0]
+    with tqdm(total=total, unit="vec", desc="indexing", file=sys.stderr) as bar:
+        searcher.index.sync(force_rebuild=rebuild, progress=bar.update)
+    click.echo(f"{total} images indexed for {emb.id} ({searcher.index.kind} search)")
+
+
+@main.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@pass_ctx
+@fail_cleanly
+def import_(c: Ctx, folder):
+    """Import a folder of PNG/JPEG/WebP images (new or changed files only).
+
+    Example: python cli.py import ~/old-generations
+    """
+    from tqdm import tqdm
+
+    from search.importer import import_folder
+
+    store = c.store()
+    searcher = _searcher(c, store)
+    total = sum(1 for p in folder.rglob("*") if p.is_file())
+    with tqdm(total=total, unit="file", desc="importing", file=sys.stderr) as bar:
+        report = import_folder(store, searcher.embedder, c.instance, folder, progress=bar.update)
+    for path, why in report.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    click.echo(f"imported {len(report.added)} new, {len(report.updated)} changed, {report.unchanged} unchanged, "
+               f"{len(report.skipped)} skipped")
+
+
+@main.command()
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+@pass_ctx
+@fail_cleanly
+def delete(c: Ctx, image_ids):
+    """Delete images (rows, files and embeddings).
+
+    Example: python cli.py delete 12 13
+    """
+    from generate.errors import ImageNotFound
+
+    store = c.existing_store()
+    if store is None:
+        raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
+    for image_id in image_ids:
+        store.get_image(image_id)
+    for image_id in image_ids:
+        for rel in store.delete_image(image_id):
+            (c.instance / rel).unlink(missing_ok=True)
+        click.echo(f"deleted image {image_id}")
+
+
 if __name__ == "__main__":
     main()

@@ -108,7 +108,41 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX images_parent ON images(parent_id)")
 
 
-MIGRATIONS = [_m1_initial]
+def _m2_search(db: sqlite_utils.Database) -> None:
+    # Search compares embeddings of one CLIP only, and the gallery may search with a CLIP other
+    # than the one that guided an image: embeddings move to their own table keyed by model.
+    db.execute("""
+        CREATE TABLE embeddings (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (model, image_id)
+        )""")
+    db.execute("INSERT INTO embeddings (image_id, model, vector) SELECT id, embedding_model, embedding "
+               "FROM images WHERE embedding IS NOT NULL AND embedding_model IS NOT NULL")
+    db.execute("CREATE INDEX embeddings_image ON embeddings(image_id)")
+    db.execute("ALTER TABLE images DROP COLUMN embedding")
+    db.execute("ALTER TABLE images DROP COLUMN embedding_model")
+    # Imported files are recognised by where they came from, their size and mtime.
+    db.execute("ALTER TABLE images ADD COLUMN source_path TEXT")
+    db.execute("ALTER TABLE images ADD COLUMN source_size INTEGER")
+    db.execute("ALTER TABLE images ADD COLUMN source_mtime REAL")
+    db.execute("CREATE INDEX images_source ON images(source_path)")
+    db.execute("CREATE INDEX images_sha ON images(sha256)")
+    db.execute("CREATE INDEX images_job ON images(job_id, idx)")
+    # Prompt keyword filter: FTS5 over prompts, kept in step by triggers.
+    db["images"].enable_fts(["prompt"], fts_version="FTS5", create_triggers=True, tokenize="porter")
+
+
+MIGRATIONS = [_m1_initial, _m2_search]
+
+
+def fts_query(keyword: str) -> str:
+    """Quote each word of a keyword filter so FTS5 syntax in user text is taken literally."""
+    words = [w for w in keyword.replace('"', " ").split() if w]
+    return " ".join(f'"{w}"' for w in words) or '""'
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -318,35 +352,159 @@ class Store:
                   height: int, recipe_json: str, prompt: str, model: str | None, clip_model: str | None,
                   embedding: np.ndarray | None, embedding_model: str | None, animation_path: str | None = None,
                   kind: str = "generated", parent_id: int | None = None, device: str | None = None,
-                  sha256: str | None = None) -> int:
-        """Insert an image row and bump its job's count, in one transaction; returns the id."""
-        blob = None
-        if embedding is not None:
-            v = np.asarray(embedding, dtype=np.float32).ravel()
-            blob = (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32).tobytes()
+                  sha256: str | None = None, source: tuple | None = None) -> int:
+        """Insert an image row, its embedding and its job's new count in one transaction; returns the id.
+
+        ``source`` is (path, size, mtime) of an imported file.
+        """
+        src = source or (None, None, None)
         with self.transaction():
             cur = self.conn.execute(
                 "INSERT INTO images (job_id, idx, kind, seed, path, animation_path, width, height, prompt, recipe, "
-                "model, clip_model, device, created, parent_id, embedding, embedding_model, sha256) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "model, clip_model, device, created, parent_id, sha256, source_path, source_size, source_mtime) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, idx, kind, seed, path, animation_path, width, height, prompt, recipe_json, model,
-                 clip_model, device, now(), parent_id, blob, embedding_model, sha256))
+                 clip_model, device, now(), parent_id, sha256, *src))
+            image_id = cur.lastrowid
+            if embedding is not None:
+                self._put_embedding(image_id, embedding_model, embedding)
             if job_id is not None:
                 self.conn.execute("UPDATE jobs SET done = (SELECT COUNT(*) FROM images WHERE job_id = ?), "
                                   "updated = ?, heartbeat = ? WHERE id = ?", (job_id, now(), time.time(), job_id))
-            return cur.lastrowid
+            return image_id
+
+    def _put_embedding(self, image_id: int, model: str, vector: np.ndarray) -> None:
+        v = np.asarray(vector, dtype=np.float32).ravel()
+        v = v / max(float(np.linalg.norm(v)), 1e-12)
+        self.conn.execute("INSERT OR REPLACE INTO embeddings (image_id, model, vector) VALUES (?, ?, ?)",
+                          (image_id, model, v.astype(np.float32).tobytes()))
+
+    def put_embeddings(self, model: str, items: list[tuple[int, np.ndarray]]) -> None:
+        """Store unit-normalised embeddings of one model for existing images."""
+        with self.transaction():
+            for image_id, vector in items:
+                self._put_embedding(image_id, model, vector)
 
     def get_image(self, image_id: int) -> dict:
-        """An image row (without the embedding blob decoded), or ImageNotFound."""
+        """An image row, or ImageNotFound."""
         row = self._row("SELECT * FROM images WHERE id = ?", (image_id,))
         if row is None:
             raise ImageNotFound(f"image {image_id} doesn't exist")
         return row
 
-    def embedding(self, image_id: int) -> np.ndarray | None:
-        """An image's unit-norm float32 CLIP embedding."""
-        blob = self.get_image(image_id)["embedding"]
-        return None if blob is None else np.frombuffer(blob, dtype=np.float32).copy()
+    def images_by_ids(self, ids) -> list[dict]:
+        """Rows for these ids, in the order given (missing ids are left out)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        rows = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            for r in self._rows(f"SELECT * FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                rows[r["id"]] = r
+        return [rows[i] for i in ids if i in rows]
+
+    def embedding(self, image_id: int, model: str | None = None) -> np.ndarray | None:
+        """An image's unit-norm float32 CLIP embedding (of ``model``, or of the CLIP that made it)."""
+        row = self.get_image(image_id)
+        model = model or row["clip_model"]
+        got = self.conn.execute("SELECT vector FROM embeddings WHERE image_id = ? AND model = ?",
+                                (image_id, model)).fetchone()
+        return None if got is None else np.frombuffer(got[0], dtype=np.float32).copy()
+
+    def embedding_models(self) -> dict[str, int]:
+        """How many embeddings each CLIP model has."""
+        return dict(self.conn.execute("SELECT model, COUNT(*) FROM embeddings GROUP BY model ORDER BY 2 DESC"))
+
+    def embedding_stats(self, model: str) -> tuple[int, int, int]:
+        """(count, largest image id, sum of image ids) of a model's embeddings: a cheap fingerprint."""
+        n, last, total = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(image_id), 0), COALESCE(SUM(image_id), 0) FROM embeddings WHERE model = ?",
+            (model,)).fetchone()
+        return n, last, total
+
+    def iter_embeddings(self, model: str, after_id: int = 0, ids=None, chunk: int = 50_000):
+        """Yield (ids, [n, d] float32 matrix) chunks of a model's embeddings, by image id."""
+        if ids is not None:
+            ids = sorted(int(i) for i in ids)
+            for start in range(0, len(ids), 900):
+                part = ids[start:start + 900]
+                rows = self.conn.execute(
+                    f"SELECT image_id, vector FROM embeddings WHERE model = ? AND image_id IN "
+                    f"({','.join('?' * len(part))}) ORDER BY image_id", [model, *part]).fetchall()
+                if rows:
+                    yield self._unpack(rows)
+            return
+        last = after_id
+        while True:
+            rows = self.conn.execute("SELECT image_id, vector FROM embeddings WHERE model = ? AND image_id > ? "
+                                     "ORDER BY image_id LIMIT ?", (model, last, chunk)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield self._unpack(rows)
+
+    @staticmethod
+    def _unpack(rows) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, mat
+
+    def embedding_ids(self, model: str) -> set[int]:
+        """Ids of the images that have an embedding of this model."""
+        return {r[0] for r in self.conn.execute("SELECT image_id FROM embeddings WHERE model = ?", (model,))}
+
+    def images_without_embedding(self, model: str) -> list[dict]:
+        """Images that have no embedding of this model yet."""
+        return self._rows("SELECT * FROM images WHERE id NOT IN (SELECT image_id FROM embeddings WHERE model = ?) "
+                          "ORDER BY id", (model,))
+
+    def filter_ids(self, *, starred: bool = False, job_id: int | None = None, since: str | None = None,
+                   until: str | None = None, keyword: str | None = None) -> list[int] | None:
+        """Ids matching the filters, or None when no filter is set (everything matches)."""
+        where, args = [], []
+        if starred:
+            where.append("starred = 1")
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        if since:
+            where.append("created >= ?")
+            args.append(since)
+        if until:
+            where.append("created < ?")
+            args.append(until)
+        if keyword:
+            where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
+            args.append(fts_query(keyword))
+        if not where:
+            return None
+        return [r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE {' AND '.join(where)}", args)]
+
+    def image_by_source(self, source_path: str) -> dict | None:
+        """The image imported from this file path, if any."""
+        return self._row("SELECT * FROM images WHERE source_path = ? ORDER BY id DESC LIMIT 1", (source_path,))
+
+    def image_by_sha256(self, sha256: str) -> dict | None:
+        """An image with exactly these bytes, if any."""
+        return self._row("SELECT * FROM images WHERE sha256 = ? ORDER BY id LIMIT 1", (sha256,))
+
+    def update_source(self, image_id: int, source: tuple) -> None:
+        """Remember an imported file's path, size and mtime."""
+        self.conn.execute("UPDATE images SET source_path = ?, source_size = ?, source_mtime = ? WHERE id = ?",
+                          (*source, image_id))
+
+    def delete_image(self, image_id: int) -> list[str]:
+        """Delete an image row (and its embeddings); returns the relative paths of its files."""
+        row = self.get_image(image_id)
+        with self.transaction():
+            self.conn.execute("UPDATE images SET parent_id = NULL WHERE parent_id = ?", (image_id,))
+            self.conn.execute("DELETE FROM embeddings WHERE image_id = ?", (image_id,))
+            self.conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            if row["job_id"] is not None:
+                self.conn.execute("UPDATE jobs SET done = (SELECT COUNT(*) FROM images WHERE job_id = ?) WHERE id = ?",
+                                  (row["job_id"], row["job_id"]))
+        return [p for p in (row["path"], row["animation_path"]) if p]
 
     def images_for_job(self, job_id: int) -> list[dict]:
         """A job's images in index order."""
