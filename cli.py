@@ -472,5 +472,58 @@ def delete(c: Ctx, image_ids):
         click.echo(f"deleted image {image_id}")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (others need a password).")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--no-worker", is_flag=True, help="Serve only; run jobs with a separate `cli.py worker`.")
+@device_option
+@pass_ctx
+@fail_cleanly
+def serve(c: Ctx, host, port, no_worker, device):
+    """Serve the gallery site, with a worker for the queue unless --no-worker.
+
+    Example: python cli.py serve --port 8080
+    """
+    import threading
+
+    from gallery import create_app
+    from generate.errors import BadRequest
+
+    app = create_app({"INSTANCE": str(c.instance)})
+    if host not in LOOPBACK and not app.config.get("PASSWORD_HASH"):
+        raise BadRequest(f"refusing to serve on {host} without a password: run `cli.py set-password` first, "
+                         "or bind to 127.0.0.1")
+    if not no_worker:
+        from gallery.store import Store
+        from generate.worker import Worker
+
+        models = c.models()
+        worker = Worker(Store(c.db_path), models, device, on_event=lambda m: click.echo(m, err=True))
+        threading.Thread(target=worker.run, name="worker", daemon=True).start()
+    click.echo(f"clip-curator on http://{host}:{port}/ (instance {c.instance})", err=True)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@main.command("set-password")
+@click.password_option()
+@pass_ctx
+@fail_cleanly
+def set_password_(c: Ctx, password):
+    """Set the password the site asks for (needed to serve beyond this machine).
+
+    Example: python cli.py set-password
+    """
+    from gallery.auth import set_password
+
+    if len(password) < 8:
+        raise click.ClickException("the password must be at least 8 characters long")
+    c.instance.mkdir(parents=True, exist_ok=True)
+    set_password(c.instance, password)
+    click.echo("password set; restart `cli.py serve` for it to take effect")
+
+
 if __name__ == "__main__":
     main()

@@ -134,7 +134,13 @@ def _m2_search(db: sqlite_utils.Database) -> None:
     db["images"].enable_fts(["prompt"], fts_version="FTS5", create_triggers=True, tokenize="porter")
 
 
-MIGRATIONS = [_m1_initial, _m2_search]
+def _m3_upscales(db: sqlite_utils.Database) -> None:
+    # An upscale is a child row; which upscaler made it decides whether a request is a duplicate.
+    db.execute("ALTER TABLE images ADD COLUMN upscaler TEXT")
+    db.execute("CREATE UNIQUE INDEX images_upscale ON images(parent_id, upscaler) WHERE upscaler IS NOT NULL")
+
+
+MIGRATIONS = [_m1_initial, _m2_search, _m3_upscales]
 
 
 def fts_query(keyword: str) -> str:
@@ -352,7 +358,7 @@ class Store:
                   height: int, recipe_json: str, prompt: str, model: str | None, clip_model: str | None,
                   embedding: np.ndarray | None, embedding_model: str | None, animation_path: str | None = None,
                   kind: str = "generated", parent_id: int | None = None, device: str | None = None,
-                  sha256: str | None = None, source: tuple | None = None) -> int:
+                  sha256: str | None = None, source: tuple | None = None, upscaler: str | None = None) -> int:
         """Insert an image row, its embedding and its job's new count in one transaction; returns the id.
 
         ``source`` is (path, size, mtime) of an imported file.
@@ -361,10 +367,10 @@ class Store:
         with self.transaction():
             cur = self.conn.execute(
                 "INSERT INTO images (job_id, idx, kind, seed, path, animation_path, width, height, prompt, recipe, "
-                "model, clip_model, device, created, parent_id, sha256, source_path, source_size, source_mtime) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "model, clip_model, device, created, parent_id, sha256, source_path, source_size, source_mtime, "
+                "upscaler) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, idx, kind, seed, path, animation_path, width, height, prompt, recipe_json, model,
-                 clip_model, device, now(), parent_id, sha256, *src))
+                 clip_model, device, now(), parent_id, sha256, *src, upscaler))
             image_id = cur.lastrowid
             if embedding is not None:
                 self._put_embedding(image_id, embedding_model, embedding)
@@ -480,6 +486,56 @@ class Store:
         if not where:
             return None
         return [r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE {' AND '.join(where)}", args)]
+
+    GRID_COLUMNS = "id, job_id, idx, kind, seed, path, width, height, prompt, starred, parent_id, created"
+
+    def _grid_where(self, starred: bool, job_id: int | None, keyword: str | None) -> tuple[list, list]:
+        where, args = [], []
+        if starred:
+            where.append("starred = 1")
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        if keyword:
+            where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
+            args.append(fts_query(keyword))
+        return where, args
+
+    def page_images(self, *, before: int | None = None, limit: int = 60, starred: bool = False,
+                    job_id: int | None = None, keyword: str | None = None) -> list[dict]:
+        """Newest first, keyset-paginated by id (``before``: the last id of the previous page)."""
+        where, args = self._grid_where(starred, job_id, keyword)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        sql = f"SELECT {self.GRID_COLUMNS} FROM images"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._rows(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+
+    def neighbours(self, image_id: int, *, starred: bool = False, job_id: int | None = None,
+                   keyword: str | None = None) -> tuple[int | None, int | None]:
+        """(newer id, older id) around an image in the grid's order, under the same filters."""
+        where, args = self._grid_where(starred, job_id, keyword)
+        cond = (" AND " + " AND ".join(where)) if where else ""
+        newer = self.conn.execute(f"SELECT MIN(id) FROM images WHERE id > ?{cond}", [image_id, *args]).fetchone()[0]
+        older = self.conn.execute(f"SELECT MAX(id) FROM images WHERE id < ?{cond}", [image_id, *args]).fetchone()[0]
+        return newer, older
+
+    def upscale_of(self, image_id: int, upscaler: str) -> int | None:
+        """The id of this image's upscale by ``upscaler``, if it has one."""
+        row = self.conn.execute("SELECT id FROM images WHERE parent_id = ? AND upscaler = ?",
+                                (image_id, upscaler)).fetchone()
+        return row[0] if row else None
+
+    def starred_ids(self) -> list[int]:
+        """Ids of starred images that are not themselves upscales, oldest first."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM images WHERE starred = 1 AND upscaler IS NULL ORDER BY id")]
+
+    def children(self, image_id: int) -> list[dict]:
+        """Images derived from this one (upscales), oldest first."""
+        return self._rows(f"SELECT {self.GRID_COLUMNS} FROM images WHERE parent_id = ? ORDER BY id", (image_id,))
 
     def image_by_source(self, source_path: str) -> dict | None:
         """The image imported from this file path, if any."""
