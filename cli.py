@@ -452,6 +452,28 @@ def import_(c: Ctx, folder):
 
 @main.command()
 @click.argument("image_ids", type=int, nargs=-1, required=True)
+@click.option("--off", is_flag=True, help="Remove the star instead.")
+@pass_ctx
+@fail_cleanly
+def star(c: Ctx, image_ids, off):
+    """Star images (or unstar them with --off).
+
+    Example: python cli.py star 12 15
+    """
+    from generate.errors import ImageNotFound
+
+    store = c.existing_store()
+    if store is None:
+        raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
+    for image_id in image_ids:
+        store.get_image(image_id)
+    for image_id in image_ids:
+        store.star(image_id, not off)
+    click.echo(f"{'unstarred' if off else 'starred'} {len(image_ids)} image(s)")
+
+
+@main.command()
+@click.argument("image_ids", type=int, nargs=-1, required=True)
 @pass_ctx
 @fail_cleanly
 def delete(c: Ctx, image_ids):
@@ -470,6 +492,56 @@ def delete(c: Ctx, image_ids):
         for rel in store.delete_image(image_id):
             (c.instance / rel).unlink(missing_ok=True)
         click.echo(f"deleted image {image_id}")
+
+
+@main.command()
+@click.argument("image_ids", type=int, nargs=-1)
+@click.option("--starred", is_flag=True, help="Every starred image not yet upscaled by this model.")
+@click.option("--model", default="x4plus", show_default=True, help="x4plus, x4plus-anime or compact.")
+@click.option("--queue", is_flag=True, help="Only queue the job, for a worker to run.")
+@pass_ctx
+@fail_cleanly
+def upscale(c: Ctx, image_ids, starred, model, queue):
+    """Upscale images 4x with Real-ESRGAN, keeping their recipes (skips ones already upscaled).
+
+    Example: python cli.py upscale --starred
+    """
+    from gallery.actions import queue_upscale
+    from generate.errors import BadRequest, ImageNotFound
+    from generate.upscale_jobs import UpscaleRunner
+
+    if not image_ids and not starred:
+        raise BadRequest("name image ids or use --starred")
+    store = c.existing_store()
+    if store is None:
+        if image_ids:
+            raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
+        click.echo("nothing to upscale")
+        return
+    ids = list(image_ids) + (store.starred_ids() if starred else [])
+    job_id = queue_upscale(store, ids, model)
+    if job_id is None:
+        click.echo("nothing to upscale: every image already has a " + model + " upscale")
+        return
+    if queue:
+        click.echo(job_id)
+        return
+    from tqdm import tqdm
+
+    n = store.get_job(job_id).n
+    runner = UpscaleRunner(store, c.instance)
+    with tqdm(total=n, unit="img", desc=f"upscale job {job_id}", file=sys.stderr) as bar:
+        runner.on_progress = lambda p: setattr(bar, "n", p.done) or bar.refresh()
+        try:
+            status = runner.run(job_id)
+        finally:
+            runner.close()
+        bar.n = store.get_job(job_id).done
+        bar.refresh()
+    for row in store.images_for_job(job_id):
+        click.echo(f"{row['parent_id']:>6} -> {row['id']:>6}  {row['width']}x{row['height']}  {c.instance / row['path']}")
+    if status != "done":
+        raise click.ClickException(f"job {job_id} {status}")
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -125,15 +125,15 @@ class Recipe:
             raise RecipeError(f"malformed recipe JSON: {e}") from None
 
 
-def png_info(recipe: Recipe, extra: dict | None = None) -> PngImagePlugin.PngInfo:
+def png_info(recipe: "Recipe | dict", extra: dict | None = None) -> PngImagePlugin.PngInfo:
     """PNG text chunks carrying the recipe (and any extra facts such as the models' ids)."""
     info = PngImagePlugin.PngInfo()
-    payload = recipe.to_dict()
+    payload = recipe.to_dict() if isinstance(recipe, Recipe) else dict(recipe)
     if extra:
         payload = {**payload, "extra": extra}
     info.add_itxt(PNG_KEY, json.dumps(payload, sort_keys=True))
     info.add_text("Software", "clip-curator")
-    info.add_text("Description", recipe.prompt)
+    info.add_text("Description", str(payload.get("prompt", "")))
     return info
 
 

@@ -374,10 +374,14 @@ class Store:
             image_id = cur.lastrowid
             if embedding is not None:
                 self._put_embedding(image_id, embedding_model, embedding)
-            if job_id is not None:
+            if job_id is not None and kind == "generated":
                 self.conn.execute("UPDATE jobs SET done = (SELECT COUNT(*) FROM images WHERE job_id = ?), "
                                   "updated = ?, heartbeat = ? WHERE id = ?", (job_id, now(), time.time(), job_id))
             return image_id
+
+    def set_job_done(self, job_id: int, done: int) -> None:
+        """Record how many of a job's items are finished (jobs whose items are not all new rows)."""
+        self.conn.execute("UPDATE jobs SET done = ?, updated = ? WHERE id = ?", (done, now(), job_id))
 
     def _put_embedding(self, image_id: int, model: str, vector: np.ndarray) -> None:
         v = np.asarray(vector, dtype=np.float32).ravel()

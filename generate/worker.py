@@ -16,8 +16,11 @@ class Worker:
     def __init__(self, store: Store, models: ModelCache, device: str = "auto",
                  on_progress: Callable[[Progress], None] | None = None,
                  on_event: Callable[[str], None] | None = None):
+        from .upscale_jobs import UpscaleRunner
+
         self.store = store
-        self.runners = {"generate": JobRunner(store, models, device, on_progress=on_progress)}
+        self.runners = {"generate": JobRunner(store, models, device, on_progress=on_progress),
+                        "upscale": UpscaleRunner(store, models.instance, on_progress=on_progress)}
         self.on_event = on_event or (lambda msg: None)
         self.me = worker_id()
         self.stopping = False
@@ -38,8 +41,11 @@ class Worker:
 
     def run(self, once: bool = False, poll_s: float = 2.0) -> None:
         """Serve the queue; with ``once``, return when it is empty."""
-        while not self.stopping:
-            if not self.run_one():
-                if once:
-                    return
-                time.sleep(poll_s)
+        try:
+            while not self.stopping:
+                if not self.run_one():
+                    if once:
+                        return
+                    time.sleep(poll_s)
+        finally:
+            self.runners["upscale"].close()
