@@ -188,7 +188,7 @@ class Store:
     """Named operations over the gallery database."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -198,6 +198,11 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
         self.migrate()
+
+    @property
+    def instance(self) -> Path:
+        """The instance folder: the database lives at its top, beside images/ and the rest."""
+        return self.path.parent
 
     def close(self) -> None:
         """Close the connection."""

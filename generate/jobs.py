@@ -119,19 +119,20 @@ class Generator:
         self.diffusion = build_diffusion(self.preset, recipe.steps, recipe.method)
         self.clip = models.clip(recipe.clip_model, device)
         size = self.preset.image_size
+        instance = store.instance if store is not None else models.instance
         parts = parse_prompt(recipe.prompt)
         embeds = [self.clip.encode_text([p.text for p in parts])]
         weights = [p.weight for p in parts]
         for spec in recipe.image_prompts:
             ref = parse_image_prompt(spec)
-            im = _to_tensor(_load_image_file(ref.ref, store, models.instance), size)
+            im = _to_tensor(_load_image_file(ref.ref, store, instance), size)
             embeds.append(self.clip.embed_pixels(im.add(1).div(2)))
             weights.append(ref.weight)
         self.target = torch.cat(embeds)
         self.weights = torch.tensor(weights)
         self.init = None
         if recipe.init_image:
-            self.init = _to_tensor(_load_image_file(recipe.init_image, store, models.instance), size)
+            self.init = _to_tensor(_load_image_file(recipe.init_image, store, instance), size)
         self.scales = GuidanceScales(recipe.clip_guidance_scale, recipe.tv_scale, recipe.range_scale,
                                      recipe.cutn, recipe.cut_pow)
 
@@ -192,7 +193,7 @@ class JobRunner:
                  on_progress: Callable[[Progress], None] | None = None, heartbeat_s: float = 1.0):
         self.store = store
         self.models = models
-        self.instance = models.instance
+        self.instance = store.instance
         self.device = pick_device(device)
         self.save_every = save_every
         self.on_progress = on_progress

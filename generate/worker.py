@@ -20,7 +20,7 @@ class Worker:
 
         self.store = store
         self.runners = {"generate": JobRunner(store, models, device, on_progress=on_progress),
-                        "upscale": UpscaleRunner(store, models.instance, on_progress=on_progress)}
+                        "upscale": UpscaleRunner(store, store.instance, on_progress=on_progress)}
         self.on_event = on_event or (lambda msg: None)
         self.me = worker_id()
         self.stopping = False
