@@ -8,6 +8,7 @@ cannot be fetched the user gets one message naming the file, the URL and where t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import urllib.error
@@ -248,6 +249,7 @@ def diffusion_weights_path(preset: DiffusionPreset, instance: Path, checkpoint: 
         return w.bundled
     dest = cache_dir(instance) / w.filename
     if dest.is_file():
+        _check_sidecar(dest)
         return dest
     host = urllib.parse.urlparse(w.url).hostname
     if not _online(host):
@@ -262,7 +264,24 @@ def diffusion_weights_path(preset: DiffusionPreset, instance: Path, checkpoint: 
     except WeightsCorrupt:
         dest.unlink(missing_ok=True)
         raise
+    # The publisher gives no checksum: record the one we downloaded, so later damage is caught.
+    _sidecar(dest).write_text(json.dumps({"size": dest.stat().st_size, "sha256": _sha256(dest), "url": w.url}))
     return dest
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _check_sidecar(path: Path) -> None:
+    """A cached file whose size differs from what was downloaded is damaged: say so."""
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return
+    if path.stat().st_size != meta.get("size"):
+        raise WeightsCorrupt(f"{path} is {path.stat().st_size} bytes but {meta.get('size')} were downloaded: "
+                             "delete it and run again to download it afresh")
 
 
 def verify_file(w: WeightsFile, path: Path) -> None:

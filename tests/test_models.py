@@ -56,3 +56,22 @@ def test_unknown_clip_names(name):
 def test_unknown_diffusion_preset():
     with pytest.raises(UnknownPreset, match="choose one of"):
         P.diffusion_preset("uncond-1024")
+
+
+def test_download_goes_to_the_cache_verified_with_a_checksum_record(instance, monkeypatch, tmp_path):
+    # A local "server": the URL is a file:// URL, so the real download path runs without a network.
+    src = tmp_path / "served.pt"
+    torch.save(build_unet(P.TINY_32).state_dict(), src)
+    preset = P.DiffusionPreset("served", P.TINY_32.config, P.WeightsFile("served.pt", url=src.as_uri()))
+    monkeypatch.setattr(P, "_online", lambda host, timeout=3.0: True)
+    path = P.diffusion_weights_path(preset, instance, progress=False)
+    assert path == instance / "models" / "served.pt" and path.read_bytes() == src.read_bytes()
+    assert not list((instance / "models").glob("*.part"))
+    meta = __import__("json").loads((instance / "models" / "served.pt.sha256.json").read_text())
+    assert meta["size"] == src.stat().st_size and len(meta["sha256"]) == 64
+    unet = load_unet(preset, instance, torch.device("cpu"))
+    assert sum(p.numel() for p in unet.parameters()) > 0
+    with open(path, "ab") as f:  # damaged later: caught before use
+        f.write(b"x")
+    with pytest.raises(WeightsCorrupt, match="download it afresh"):
+        load_unet(preset, instance, torch.device("cpu"))
