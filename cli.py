@@ -58,6 +58,17 @@ class Ctx:
         """The store if the database exists, else None (read-only commands create nothing)."""
         return self.store() if self.db_path.exists() else None
 
+    def store_with_images(self, image_ids):
+        """The store, after checking every id exists (so a command with a bad id changes nothing)."""
+        from generate.errors import ImageNotFound
+
+        store = self.existing_store()
+        if store is None:
+            raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
+        for image_id in image_ids:
+            store.get_image(image_id)
+        return store
+
     def models(self):
         from generate.models import ModelCache
 
@@ -460,13 +471,7 @@ def star(c: Ctx, image_ids, off):
 
     Example: python cli.py star 12 15
     """
-    from generate.errors import ImageNotFound
-
-    store = c.existing_store()
-    if store is None:
-        raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
-    for image_id in image_ids:
-        store.get_image(image_id)
+    store = c.store_with_images(image_ids)
     for image_id in image_ids:
         store.star(image_id, not off)
     click.echo(f"{'unstarred' if off else 'starred'} {len(image_ids)} image(s)")
@@ -481,13 +486,7 @@ def delete(c: Ctx, image_ids):
 
     Example: python cli.py delete 12 13
     """
-    from generate.errors import ImageNotFound
-
-    store = c.existing_store()
-    if store is None:
-        raise ImageNotFound(f"image {image_ids[0]} doesn't exist")
-    for image_id in image_ids:
-        store.get_image(image_id)
+    store = c.store_with_images(image_ids)
     for image_id in image_ids:
         for rel in store.delete_image(image_id):
             (c.instance / rel).unlink(missing_ok=True)

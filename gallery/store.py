@@ -477,21 +477,13 @@ class Store:
     def filter_ids(self, *, starred: bool = False, job_id: int | None = None, since: str | None = None,
                    until: str | None = None, keyword: str | None = None) -> list[int] | None:
         """Ids matching the filters, or None when no filter is set (everything matches)."""
-        where, args = [], []
-        if starred:
-            where.append("starred = 1")
-        if job_id is not None:
-            where.append("job_id = ?")
-            args.append(job_id)
+        where, args = self._grid_where(starred, job_id, keyword)
         if since:
             where.append("created >= ?")
             args.append(since)
         if until:
             where.append("created < ?")
             args.append(until)
-        if keyword:
-            where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
-            args.append(fts_query(keyword))
         if not where:
             return None
         return [r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE {' AND '.join(where)}", args)]

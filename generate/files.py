@@ -1,6 +1,7 @@
 """Atomic file writes: images and animations appear complete under their final name, or not at all."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -9,6 +10,15 @@ from PIL import Image
 
 ANIMATION_MIN_SIDE = 256
 ANIMATION_FPS = 12
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,7 +8,6 @@ the worker) carries on from the first index without a row, after deleting files 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from gallery.store import Store, worker_id
 
 from . import presets as P
 from .errors import BadRequest, Cancelled, ImageNotFound
-from .files import animation_suffix, is_temp, write_animation, write_png
+from .files import animation_suffix, is_temp, sha256_file, write_animation, write_png
 from .guidance import ClipGuide, GuidanceScales
 from .models import ModelCache, build_diffusion, pick_device, verify_unet_weights
 from .prompts import parse_image_prompt, parse_prompt
@@ -186,6 +185,23 @@ def remove_orphans(store: Store, instance: Path, job_id: int) -> list[Path]:
     return removed
 
 
+def run_claimed(store: Store, job_id: int, body: Callable) -> str:
+    """Claim a job, run ``body(job)`` and record how it ended: done, cancelled, or failed (re-raised)."""
+    if not store.claim_job(job_id, worker_id()):
+        raise BadRequest(f"job {job_id} is being run by another live worker")
+    try:
+        body(store.get_job(job_id))
+    except Cancelled:
+        store.finish_job(job_id, "cancelled")
+        return "cancelled"
+    except BaseException as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        store.finish_job(job_id, "failed", f"{type(e).__name__}: {msg}"[:500])
+        raise
+    store.finish_job(job_id, "done")
+    return "done"
+
+
 class JobRunner:
     """Runs one claimed generate job to the end, reporting progress and honouring cancel."""
 
@@ -201,28 +217,17 @@ class JobRunner:
 
     def run(self, job_id: int) -> str:
         """Run the job; returns its final status. Exceptions are recorded on the job and re-raised."""
-        store = self.store
-        if not store.claim_job(job_id, worker_id()):
-            raise BadRequest(f"job {job_id} is being run by another live worker")
-        job = store.get_job(job_id)
-        try:
-            recipe = Recipe.from_json(job.recipe)
-            gen = Generator(recipe, self.models, self.device, store)
-            remove_orphans(store, self.instance, job_id)
-            every = job.params.get("save_every", self.save_every) or max(1, recipe.steps // 25)
-            pending = [i for i in range(job.n) if i not in store.done_indices(job_id)]
-            for start in range(0, len(pending), recipe.batch_size):
-                done = job.n - len(pending) + start
-                self._batch(job, gen, pending[start:start + recipe.batch_size], every, done)
-        except Cancelled:
-            store.finish_job(job_id, "cancelled")
-            return "cancelled"
-        except BaseException as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            store.finish_job(job_id, "failed", f"{type(e).__name__}: {msg}"[:500])
-            raise
-        store.finish_job(job_id, "done")
-        return "done"
+        return run_claimed(self.store, job_id, self._run)
+
+    def _run(self, job) -> None:
+        recipe = Recipe.from_json(job.recipe)
+        gen = Generator(recipe, self.models, self.device, self.store)
+        remove_orphans(self.store, self.instance, job.id)
+        every = job.params.get("save_every", self.save_every) or max(1, recipe.steps // 25)
+        pending = [i for i in range(job.n) if i not in self.store.done_indices(job.id)]
+        for start in range(0, len(pending), recipe.batch_size):
+            done = job.n - len(pending) + start
+            self._batch(job, gen, pending[start:start + recipe.batch_size], every, done)
 
     def _batch(self, job, gen: Generator, indices: list[int], every: int, done: int) -> None:
         seeds = [job.seed + i for i in indices]
@@ -263,4 +268,4 @@ class JobRunner:
                 animation_path=anim.relative_to(self.instance).as_posix(), width=img.width, height=img.height,
                 recipe_json=recipe.to_json(), prompt=recipe.prompt, model=recipe.model, clip_model=gen.clip.id,
                 embedding=embeds[k], embedding_model=gen.clip.id, device=str(self.device),
-                sha256=hashlib.sha256(png.read_bytes()).hexdigest())
+                sha256=sha256_file(png))

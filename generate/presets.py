@@ -7,7 +7,6 @@ cannot be fetched the user gets one message naming the file, the URL and where t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UnknownPreset, WeightsCorrupt, WeightsMissing
+from .files import sha256_file
 
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
@@ -204,14 +204,6 @@ def _missing_message(what: str, filename: str, url: str, dest: Path) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, progress: bool = True) -> None:
     """Stream url to dest via a .part file, with a progress bar; dest appears only when complete."""
     from tqdm import tqdm
@@ -265,7 +257,7 @@ def diffusion_weights_path(preset: DiffusionPreset, instance: Path, checkpoint: 
         dest.unlink(missing_ok=True)
         raise
     # The publisher gives no checksum: record the one we downloaded, so later damage is caught.
-    _sidecar(dest).write_text(json.dumps({"size": dest.stat().st_size, "sha256": _sha256(dest), "url": w.url}))
+    _sidecar(dest).write_text(json.dumps({"size": dest.stat().st_size, "sha256": sha256_file(dest), "url": w.url}))
     return dest
 
 
@@ -288,7 +280,7 @@ def verify_file(w: WeightsFile, path: Path) -> None:
     """Check a file's size and checksum where the preset knows them."""
     if w.size is not None and path.stat().st_size != w.size:
         raise WeightsCorrupt(f"{path} is {path.stat().st_size} bytes, expected {w.size}: delete it and retry")
-    if w.sha256 is not None and _sha256(path) != w.sha256:
+    if w.sha256 is not None and sha256_file(path) != w.sha256:
         raise WeightsCorrupt(f"{path} does not match its sha256 checksum: delete it and retry")
 
 

@@ -6,17 +6,16 @@ re-running a job, or queueing the same image twice, never creates a duplicate.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
 from gallery.recipe import png_info
-from gallery.store import Store, worker_id
+from gallery.store import Store
 
-from .errors import BadRequest, Cancelled
-from .files import write_png
-from .jobs import Progress
+from .errors import Cancelled
+from .files import sha256_file, write_png
+from .jobs import Progress, run_claimed
 
 UPSCALE_DIR = "images/upscaled"
 
@@ -46,31 +45,20 @@ class UpscaleRunner:
 
     def run(self, job_id: int) -> str:
         """Run the job; returns its final status. Failures are recorded on the job and re-raised."""
-        store = self.store
-        if not store.claim_job(job_id, worker_id()):
-            raise BadRequest(f"job {job_id} is being run by another live worker")
-        job = store.get_job(job_id)
+        return run_claimed(self.store, job_id, self._run)
+
+    def _run(self, job) -> None:
         model = job.params.get("model", "x4plus")
         ids = job.params.get("image_ids", [])
-        try:
-            up = self._upscaler(model)
-            for idx, parent_id in enumerate(ids):
-                if store.heartbeat(job_id, idx, len(ids)):
-                    raise Cancelled(f"job {job_id} was cancelled")
-                if self.on_progress:
-                    self.on_progress(Progress(job_id, idx, len(ids), 0, 1))
-                if store.upscale_of(parent_id, model) is None:
-                    self._one(job_id, idx, parent_id, model, up)
-                store.set_job_done(job_id, idx + 1)
-        except Cancelled:
-            store.finish_job(job_id, "cancelled")
-            return "cancelled"
-        except BaseException as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            store.finish_job(job_id, "failed", f"{type(e).__name__}: {msg}"[:500])
-            raise
-        store.finish_job(job_id, "done")
-        return "done"
+        up = self._upscaler(model)
+        for idx, parent_id in enumerate(ids):
+            if self.store.heartbeat(job.id, idx, len(ids)):
+                raise Cancelled(f"job {job.id} was cancelled")
+            if self.on_progress:
+                self.on_progress(Progress(job.id, idx, len(ids), 0, 1))
+            if self.store.upscale_of(parent_id, model) is None:
+                self._one(job.id, idx, parent_id, model, up)
+            self.store.set_job_done(job.id, idx + 1)
 
     def _one(self, job_id: int, idx: int, parent_id: int, model: str, up) -> int:
         from .upscale import open_image
@@ -90,7 +78,7 @@ class UpscaleRunner:
             job_id=job_id, idx=idx, seed=parent["seed"], path=rel, width=image.width, height=image.height,
             recipe_json=parent["recipe"], prompt=parent["prompt"], model=parent["model"],
             clip_model=parent["clip_model"], embedding=None, embedding_model=None, kind="upscaled",
-            parent_id=parent_id, device=up.device, sha256=hashlib.sha256(dest.read_bytes()).hexdigest(),
+            parent_id=parent_id, device=up.device, sha256=sha256_file(dest),
             upscaler=model)
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ are new or whose bytes changed; unreadable files are skipped with a message nami
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from gallery.recipe import RecipeError, read_png_recipe
-from generate.files import commit_file
+from generate.files import commit_file, sha256_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 IMPORT_DIR = "images/imported"
@@ -31,14 +30,6 @@ class ImportReport:
     updated: list[int] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_image(path: Path) -> tuple[int, int]:
@@ -100,12 +91,12 @@ def _import_one(store, embedder, instance: Path, path: Path, report: ImportRepor
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         report.skipped.append((str(path), f"unreadable ({type(e).__name__})"))
         return
-    sha = _sha256(path)
+    sha = sha256_file(path)
     if existing and existing["sha256"] == sha:  # touched, not changed
         store.update_source(existing["id"], source)
         report.unchanged += 1
         return
-    same = store.image_by_sha256(sha)
+    same = store.image_bysha256_file(sha)
     if same and not existing:  # these bytes are in the gallery already
         if same["source_path"] is None:
             store.update_source(same["id"], source)

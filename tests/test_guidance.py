@@ -1,5 +1,4 @@
 """CLIP guidance really steers the tiny preset, and the one-forward sampler changes no pixel."""
-import dataclasses
 
 import numpy as np
 import pytest

@@ -1,8 +1,6 @@
 """CLIP search over a gallery of drawn images of known colours and shapes, on the tiny CLIP."""
 import random
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
