@@ -19,10 +19,6 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("CLIP_CURATOR_ARTIFACTS", ROOT / "artifacts"))
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, models):
     """A gallery with drawn imports and a generated job, served on 127.0.0.1 with a worker."""
