@@ -139,7 +139,7 @@ def _progress_printer(total_images: int):
 @click.option("--range-scale", default=None, type=float, help="Out-of-range loss scale.")
 @click.option("--cutn", default=None, type=int, help="Random cutouts per step.")
 @click.option("--cut-pow", default=0.5, show_default=True, type=float, help="Cutout size power.")
-@click.option("--clip-denoised/--no-clip-denoised", default=False, help="Clamp the x0 prediction.")
+@click.option("--clip-denoised/--no-clip-denoised", default=None, help="Clamp the x0 prediction (default: off; on for tiny).")
 @click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Images sampled together.")
 @click.option("--save-every", type=int, help="Keep a frame every k steps for the animation.")
@@ -191,7 +191,7 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, **settings):
 
 
 # Settings that suit the tiny preset when the user gives none (the notebook defaults suit the 256 model).
-TINY_DEFAULTS = dict(steps=25, clip_guidance_scale=500.0, tv_scale=0.0, range_scale=50.0, cutn=8)
+TINY_DEFAULTS = dict(steps=50, clip_guidance_scale=300.0, tv_scale=0.0, range_scale=0.0, cutn=8, clip_denoised=True)
 
 
 def _run_job(c: Ctx, store, job_id: int, device: str) -> None:
@@ -344,7 +344,7 @@ def demo(c: Ctx, n, seed, device):
                device=device, save_every=1, queue=False, new=False, checkpoint=None, clip_model=None,
                image_prompts=(), init_image=None, skip_timesteps=0, steps=None, method="ddpm", eta=0.0,
                clip_guidance_scale=None, tv_scale=None, range_scale=None, cutn=None, cut_pow=0.5,
-               clip_denoised=False, precision="auto", batch_size=1)
+               clip_denoised=None, precision="auto", batch_size=1)
     store = c.store()
     job = store.list_jobs(limit=1)[0]
     for row in store.images_for_job(job.id):
