@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request
 
-from generate.errors import BadRequest
+from generate.errors import CuratorError
 from search.query import Filters
 
 from .web import get_store, searcher
@@ -31,7 +31,7 @@ def index():
         try:
             found = searcher().text(q, k=size, offset=(page - 1) * size, filters=Filters(**f))
             hits = [(h.row, h.score) for h in found]
-        except BadRequest as e:
+        except CuratorError as e:
             error = str(e)
             hits = []
         images = [row for row, _ in hits]

@@ -5,7 +5,7 @@ import json
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, send_file, url_for
 
-from generate.errors import BadRequest
+from generate.errors import CuratorError
 
 from .actions import queue_regenerate
 from .browse import grid_filters
@@ -39,7 +39,7 @@ def page(image_id: int):
     similar = []
     try:
         similar = [h.row for h in searcher().like(image_id, k=8)]
-    except BadRequest:
+    except CuratorError:  # no embedding yet, or the search CLIP is unavailable
         pass
     parent = store.get_image(row["parent_id"]) if row["parent_id"] else None
     return render_template("images/image.html", image=row, recipe=recipe, newer=newer, older=older,
@@ -81,7 +81,7 @@ def regenerate(image_id: int):
         job = queue_regenerate(get_store(), instance(), image_id, prompt=request.form.get("prompt"),
                                n=request.form.get("n", 4), init_strength=request.form.get("init_strength", 0),
                                image_prompt_weight=request.form.get("image_prompt_weight", 0))
-    except BadRequest as e:
+    except CuratorError as e:  # bad settings, or weights this machine lacks
         flash(str(e))
         return redirect(url_for("images.page", image_id=image_id))
     flash(f"Queued job {job}.")
