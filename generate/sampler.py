@@ -9,7 +9,8 @@ twice on the same x and t (``reuse_forward=False`` keeps that loop as a referenc
 are identical and the one-forward loop saves the no-grad forward.
 
 Every random draw is made on the CPU from per-image generators seeded by the image's seed, so an
-image's pixels depend neither on the batch it was made in nor on the device's RNG. No I/O:
+image depends neither on the device's RNG nor on the other seeds in its batch; only the rounding
+of batched kernels differs from a batch of one (reproduce exactly at the recorded batch size 1). No I/O:
 progress, frames and cancellation go through ``callback``.
 """
 from __future__ import annotations

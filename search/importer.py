@@ -96,7 +96,7 @@ def _import_one(store, embedder, instance: Path, path: Path, report: ImportRepor
         store.update_source(existing["id"], source)
         report.unchanged += 1
         return
-    same = store.image_bysha256_file(sha)
+    same = store.image_by_sha256(sha)
     if same and not existing:  # these bytes are in the gallery already
         if same["source_path"] is None:
             store.update_source(same["id"], source)

@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="?", choices=["clip", "unet", "both"], default="both")
-    ap.add_argument("--clip-steps", type=int, default=800)
+    ap.add_argument("--clip-steps", type=int, default=1500)
     ap.add_argument("--unet-steps", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE)
