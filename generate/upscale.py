@@ -172,18 +172,28 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _gpu_count() -> int:
-    # ncnn prints a line per failed dlopen when libvulkan is absent; ask the loader first so a
-    # CPU-only machine stays quiet.
+VULKAN_CPU_TYPE = 3  # ncnn's GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 CPU
+
+
+def _gpu_device() -> int | None:
+    """Index of the first real Vulkan GPU, or None.
+
+    A software Vulkan device (Mesa's llvmpipe) is left out: it is far slower than ncnn's own
+    CPU path. ncnn prints a line per failed dlopen when libvulkan is absent, so the loader is
+    asked first and a CPU-only machine stays quiet.
+    """
     import ctypes
 
     try:
         ctypes.CDLL("libvulkan.so.1" if os.name == "posix" else "vulkan-1")
     except OSError:
-        return 0
+        return None
     import ncnn
 
-    return int(ncnn.get_gpu_count())
+    for i in range(int(ncnn.get_gpu_count())):
+        if ncnn.get_gpu_info(i).type() != VULKAN_CPU_TYPE:
+            return i
+    return None
 
 
 class Upscaler:
@@ -275,10 +285,13 @@ class Upscaler:
             except ImportError:
                 raise CuratorError("upscaling needs the ncnn package; pip install ncnn") from None
             param, weights = model_files(self.spec.name)
-            gpu = self.use_gpu and _gpu_count() > 0
+            device = _gpu_device() if self.use_gpu else None
+            gpu = device is not None
             net = ncnn.Net()
             # Options must be set before load_param: layers pick their implementation at load time.
             net.opt.use_vulkan_compute = gpu
+            if gpu:
+                net.set_vulkan_device(device)
             net.opt.num_threads = self.threads
             if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
                 net.clear()
