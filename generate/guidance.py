@@ -31,7 +31,8 @@ def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Half the squared great-circle distance between the directions of x and y."""
     x = F.normalize(x, dim=-1)
     y = F.normalize(y, dim=-1)
-    return (x - y).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+    # Rounding can push the half-chord of (nearly) opposite vectors past 1, where arcsin is NaN.
+    return (x - y).norm(dim=-1).div(2).clamp(max=1.0).arcsin().pow(2).mul(2)
 
 
 def tv_loss(x: torch.Tensor) -> torch.Tensor:
