@@ -542,6 +542,10 @@ class Store:
         """The image imported from this file path, if any."""
         return self._row("SELECT * FROM images WHERE source_path = ? ORDER BY id DESC LIMIT 1", (source_path,))
 
+    def path_in_use(self, rel: str) -> bool:
+        """Whether any image row still points at this file (imports share files by content)."""
+        return self.conn.execute("SELECT 1 FROM images WHERE path = ?", (rel,)).fetchone() is not None
+
     def image_by_sha256(self, sha256: str) -> dict | None:
         """An image with exactly these bytes, if any."""
         return self._row("SELECT * FROM images WHERE sha256 = ? ORDER BY id LIMIT 1", (sha256,))

@@ -111,7 +111,7 @@ def _import_one(store, embedder, instance: Path, path: Path, report: ImportRepor
     if existing:
         old = store.delete_image(existing["id"])
         for p in old:
-            if not store.conn.execute("SELECT 1 FROM images WHERE path = ?", (p,)).fetchone():
+            if not store.path_in_use(p):
                 (instance / p).unlink(missing_ok=True)
     image_id = store.add_image(
         job_id=None, idx=None, seed=None, path=rel, width=width, height=height, recipe_json=recipe_json,

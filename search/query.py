@@ -95,7 +95,7 @@ class Searcher:
         if v is None:
             raise BadRequest(f"image {image_id} has no {self.embedder.id} embedding yet; run: cli.py index")
         family = {image_id} | ({row["parent_id"]} if row["parent_id"] else set())
-        family |= {r[0] for r in self.store.conn.execute("SELECT id FROM images WHERE parent_id = ?", (image_id,))}
+        family |= {c["id"] for c in self.store.children(image_id)}
         return self._run(v, k, offset, filters, exclude=family)
 
     def _run(self, vector: np.ndarray, k: int, offset: int, filters: Filters, exclude: set) -> list[Hit]:
