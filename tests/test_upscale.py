@@ -1,6 +1,8 @@
 """Real-ESRGAN upscaling on ncnn: quality on real photographs, tiled against whole-image output, bad input."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,8 +10,8 @@ from scipy import ndimage
 from skimage import data
 
 from generate.errors import BadRequest
-from generate.upscale import (MODELS, Upscaler, _feather, choose_tile, model_files, plan_tiles,
-                              upscale_file)
+from generate.upscale import (MODELS, Split, Upscaler, _feather, choose_grid, find_split, graph_reach,
+                              model_files, plan_grid, plan_tiles, read_graph, upscale_file)
 
 # One thread: the networks' per-layer OpenMP barriers slow to a crawl when another process
 # (a second pytest worker, a training job) holds the other cores.
@@ -71,19 +73,88 @@ def test_x4plus_is_sharper_than_bicubic():
 
 
 @pytest.mark.slow
-def test_x4plus_tiled_matches_whole_image():
+@pytest.mark.parametrize("split", [True, False])
+def test_x4plus_tiled_matches_whole_image(split):
+    # Tiles cut through the body (split) or through the whole network (no split), 64px + 32 context.
     img = Image.fromarray(data.astronaut()).resize((128, 128), Image.BOX)
     whole = Upscaler("x4plus", tile=0, threads=THREADS, max_memory=8 * 1024**3)
-    tiled = Upscaler("x4plus", tile=64, threads=THREADS)
+    tiled = Upscaler("x4plus", tile=64, threads=THREADS, split=split)
     seen = []
     a = np.asarray(whole.upscale(img))
     whole.close()
     b = np.asarray(tiled.upscale(img, callback=lambda done, total: seen.append((done, total))))
     tiled.close()
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    # 50.5 dB measured: the worst case, seams crossing a small image (the 256x256 case in
-    # bench/bench_upscale.py measures 55.5 dB); without overlap it is about 31 dB.
+    # With the split, four body passes then one tail pass (the 128x128 feature map fits at once).
+    n = 5 if split else 4
+    assert seen == [(i, n) for i in range(1, n + 1)]
+    # 50.5 dB measured without the split: the worst case, seams crossing a small image (the
+    # 256x256 case in bench/bench_upscale.py measures 55.5 dB); without overlap it is about 31 dB.
     assert psnr(a, b) >= 50.0
+
+
+@pytest.mark.slow
+def test_tail_tiles_reproduce_the_whole_image():
+    # The default for a 256 input: one body pass, the upsampling tail in tiles with a 2-pixel halo.
+    # The halo covers the tail's whole reach, so the result is the whole-image result (to rounding).
+    img = Image.fromarray(data.chelsea()).resize((96, 72), Image.BOX)
+    with Upscaler("x4plus-anime", tile=0, threads=THREADS) as whole:
+        a = np.asarray(whole.upscale(img)).astype(int)
+    # A memory limit that leaves room for the body over the whole image but not the tail.
+    tight = Upscaler("x4plus-anime", threads=THREADS, max_memory=MODELS["x4plus-anime"].weights_bytes + 160 * 1024**2)
+    plan = tight.plan(96, 72)
+    assert len(plan.passes) == 1 and len(plan.tail) > 1 and plan.split.halo == 2
+    with tight:
+        b = np.asarray(tight.upscale(img)).astype(int)
+    diff = np.abs(a - b)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    # The control: the same tail tiles with no halo leave seams.
+    no_halo = Upscaler("x4plus-anime", threads=THREADS, max_memory=tight.max_memory)
+    no_halo._layout = no_halo._read_layout()._replace(split=Split(plan.split.blob, plan.split.channels, 0))
+    with no_halo:
+        c = np.asarray(no_halo.upscale(img)).astype(int)
+    assert np.abs(a - c).max() > 10
+
+
+def test_find_split_cuts_rrdbnet_before_its_upsampling_tail():
+    x4plus = find_split(model_files("x4plus")[0].read_text())
+    assert x4plus is not None and x4plus.channels == 64
+    # 3x3 conv after one 2x upsample (1/2 pixel) and three after two (3/4): a reach of 1.25 pixels.
+    assert x4plus.halo == 2
+    assert find_split(model_files("x4plus-anime")[0].read_text()).halo == 2
+    # SRVGGNet's last layer adds the upsampled input: no tail to cut.
+    assert find_split(model_files("compact")[0].read_text()) is None
+
+
+def _graph(*layers: str) -> str:
+    return "7767517\n{} {}\nInput in 0 1 data\n".format(len(layers) + 1, 0) + "\n".join(layers) + "\n"
+
+
+def test_find_split_reads_reach_and_refuses_what_it_does_not_know():
+    body = "BinaryOp add 2 1 a b feat"
+    up2 = "Interp up 1 1 feat u 0=1 1=2.0 2=2.0"
+    conv = "Convolution c 1 1 u output 0=3 1=5 6=4800"  # 5x5 over 64 channels: 2 px at 2x
+    assert find_split(_graph(body, up2, conv)) == Split("feat", 64, 1)
+    dilated = "Convolution c 1 1 u output 0=3 1=3 2=4 6=1728"  # radius 4 at 2x
+    assert find_split(_graph(body, up2, dilated)) == Split("feat", 64, 2)
+    bilinear = "Interp up 1 1 feat u 0=2 1=2.0 2=2.0"
+    assert find_split(_graph(body, bilinear, conv)).halo == 2
+    assert find_split(_graph(body, up2, "Convolution c 1 1 u output 0=3 1=3 3=2 6=576")) is None  # stride 2
+    assert find_split(_graph(body, up2, "Pooling p 1 1 u output")) is None  # unknown layer
+    assert find_split(_graph(body, "Convolution c 1 1 feat output 0=3 1=3 6=576")) is None  # no upsampling
+
+
+def test_graph_reach_counts_what_each_output_pixel_can_see():
+    # SRVGGNet: 18 3x3 convolutions at input resolution, then pixel shuffle: 18 pixels.
+    assert graph_reach(read_graph(model_files("compact")[0].read_text()), "data", "output") == 18
+    # RRDBNet (anime: 6 blocks of 3 dense blocks of 5 convs), plus conv_first, conv_body and the tail.
+    anime = read_graph(model_files("x4plus-anime")[0].read_text())
+    assert graph_reach(anime, "data", "output") == math.ceil(6 * 3 * 5 + 2 + 1.25)
+    assert graph_reach(anime, "data", "501") == 6 * 3 * 5 + 2
+    up = "PixelShuffle ps 1 1 x y 0=4"
+    conv = "Convolution c 1 1 y output 0=3 1=9 6=3888"  # radius 4 after 4x: one input pixel
+    assert graph_reach(read_graph(_graph("Convolution a 1 1 data x 0=48 1=3 6=1296", up, conv)),
+                       "data", "output") == 2
+    assert graph_reach(read_graph(_graph("Pooling p 1 1 data output")), "data", "output") is None
 
 
 @pytest.mark.parametrize("tile,overlap,feather", [(32, 32, 16), (40, 8, 16), (32, 16, 0), (33, 32, 64)])
@@ -92,8 +163,15 @@ def test_compact_tiles_agree_with_whole_on_odd_sizes(compact, tile, overlap, fea
     whole = np.asarray(compact.upscale(img))
     with Upscaler("compact", tile=tile, overlap=overlap, feather=feather, threads=THREADS) as tiled:
         out = np.asarray(tiled.upscale(img))
+        # No more context is read than the network can see (its reach, 18 pixels).
+        assert tiled.context == min(overlap, 18)
     assert out.shape == whole.shape == (244, 388, 3)
     assert psnr(out, whole) >= (50.0 if overlap >= 16 else 45.0)
+    if overlap >= 18:
+        # Context covering the whole reach, so no cross-fade: the same pixels but for float
+        # rounding (the convolutions' Winograd blocks fall differently in each tile).
+        diff = np.abs(out.astype(int) - whole)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
 
 
 def test_no_overlap_shows_seams(compact):
@@ -129,20 +207,42 @@ def test_feather_weights_sum_to_one():
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
-def test_choose_tile_picks_fewest_passes_that_fit():
-    assert choose_tile(256, 256, 256 * 256) == 0
-    tile = choose_tile(256, 256, 160 * 160, overlap=32)
-    assert tile == 128
-    assert max(t.pixels for t in plan_tiles(256, 256, tile, 32)) <= 160 * 160
+def test_choose_grid_reads_the_fewest_pixels_that_fit():
+    assert choose_grid(256, 256, 32, lambda px, rows: px <= 256 * 256) == (1, 1)
+    # Where a half-height strip fits, two strips (one seam) beat 2x2 tiles (two seams).
+    assert choose_grid(256, 256, 32, lambda px, rows: px <= 256 * 160) == (1, 2)
+    # Where only a quarter fits, 2x2 tiles of 160x160 beat eight thin strips.
+    cols, rows = choose_grid(256, 256, 32, lambda px, rows: px <= 160 * 160)
+    assert (cols, rows) == (2, 2)
+    assert max(t.pixels for t in plan_grid(256, 256, cols, rows, 32)) <= 160 * 160
+    # The band the rows are blended into counts too: a limit on rows forces more of them.
+    assert choose_grid(256, 256, 32, lambda px, rows: rows <= 64)[1] == 4
     with pytest.raises(BadRequest, match="cannot be upscaled"):
-        choose_tile(256, 256, 50 * 50, overlap=32)
+        choose_grid(256, 256, 32, lambda px, rows: px <= 50 * 50)
 
 
-def test_default_tiling_of_256_keeps_x4plus_under_2_gib():
+def test_default_plan_of_256_keeps_x4plus_under_2_gib():
     up = Upscaler("x4plus")
-    assert up.tile_for(256, 256) == 128
+    plan = up.plan(256, 256)
+    # The body runs over the whole image; only the memory-hungry tail is cut, into two strips.
+    assert len(plan.passes) == 1 and len(plan.tail) == 2
+    assert plan.describe() == "body 1 pass, tail 2 x 256x128 +2"
     assert up.estimate_memory(256, 256) < 2 * 1024**3
+    # With room for everything it is one pass; with no split, four passes through the whole network.
+    assert Upscaler("x4plus", max_memory=8 * 1024**3).plan(256, 256).describe() == "whole image"
+    assert Upscaler("x4plus", split=False).plan(256, 256).describe() == "4 x 128x128 +32"
     assert up.device == "unloaded"
+
+
+def test_large_images_tile_the_body_too():
+    up = Upscaler("x4plus")
+    plan = up.plan(1024, 1024)
+    assert plan.split is not None and len(plan.passes) > 1 and len(plan.tail) > 1
+    assert up.estimate_memory(1024, 1024) <= 2 * 1024**3
+    # The compact network has no tail to cut; it tiles the whole network when it must.
+    small = Upscaler("compact")
+    assert small.plan(1024, 1024).split is None and small.plan(256, 256).describe() == "whole image"
+    assert small.estimate_memory(2048, 2048) <= 2 * 1024**3
 
 
 def test_every_model_ships_in_the_wheel():
@@ -223,7 +323,7 @@ def test_too_large_image_is_refused_before_any_work(tmp_path):
 
 def test_memory_limit_is_checked_before_any_work():
     up = Upscaler("x4plus", tile=0)
-    with pytest.raises(BadRequest, match=r"256x256 with tile 0 needs about \d+\.\d GiB, over the limit of 2\.0 GiB"):
+    with pytest.raises(BadRequest, match=r"256x256 \(whole image\) needs about \d+\.\d GiB, over the limit of 2\.0 GiB"):
         up.upscale(Image.new("RGB", (256, 256)))
     assert up.device == "unloaded"
 
