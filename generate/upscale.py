@@ -436,6 +436,7 @@ class Upscaler:
         self._layout: _Layout | None = None  # read from the .param on first use
         self._net = None
         self._pools = None
+        self._pool_key: tuple | None = None  # (from blob, to blob, input shape) of the last pass
         self._gpu = False
         self._lock = threading.Lock()
 
@@ -606,6 +607,14 @@ class Upscaler:
         """One network pass from blob `src` (a CxHxW float32 array) to blob `dst`, returned as CxHxW float32."""
         import ncnn
 
+        # ncnn's pools keep every freed buffer, but hand one out again only for a request of about
+        # its size: passes of one shape reuse them (no fresh page faults), while a pass of another
+        # shape (body then tail, an edge tile then an inner one) would add its own buffers to the
+        # peak. So the pools are emptied whenever the shape changes.
+        key = (src, dst, x.shape)
+        if key != self._pool_key:
+            self.trim()
+            self._pool_key = key
         blobs, work = self._pools
         ex = net.create_extractor()
         ex.set_blob_allocator(blobs)
@@ -620,18 +629,18 @@ class Upscaler:
             # Drop the extractor's blobs now rather than at garbage collection: they are the big allocation.
             del out
             ex.clear()
-            self._release()
         if y is None:
             raise CuratorError(f"ncnn failed to run {self.spec.stem} (error {ret})")
         return y
 
-    def _release(self) -> None:
-        # ncnn's pools keep every freed buffer for reuse, but only for requests of about the same
-        # size, so passes of different shapes (body then tail, edge then inner tiles) would each
-        # add their own buffers to the peak. Empty them, and hand freed heap back to the system.
-        for pool in self._pools:
-            pool.clear()
-        _trim_heap()
+    def trim(self) -> None:
+        """Empty ncnn's memory pools and hand freed memory back to the system; the network stays loaded."""
+        with self._lock:
+            if self._pools is not None:
+                for pool in self._pools:
+                    pool.clear()
+                _trim_heap()
+            self._pool_key = None
 
     def _image_in(self, rgb: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
@@ -780,7 +789,7 @@ class Upscaler:
         with self._lock:
             if self._net is not None:
                 self._net.clear()
-                self._net = self._pools = None
+                self._net = self._pools = self._pool_key = None
 
     def __enter__(self) -> "Upscaler":
         return self

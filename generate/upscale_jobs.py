@@ -51,14 +51,18 @@ class UpscaleRunner:
         model = job.params.get("model", "x4plus")
         ids = job.params.get("image_ids", [])
         up = self._upscaler(model)
-        for idx, parent_id in enumerate(ids):
-            if self.store.heartbeat(job.id, idx, len(ids)):
-                raise Cancelled(f"job {job.id} was cancelled")
-            if self.on_progress:
-                self.on_progress(Progress(job.id, idx, len(ids), 0, 1))
-            if self.store.upscale_of(parent_id, model) is None:
-                self._one(job.id, idx, parent_id, model, up)
-            self.store.set_job_done(job.id, idx + 1)
+        try:
+            for idx, parent_id in enumerate(ids):
+                if self.store.heartbeat(job.id, idx, len(ids)):
+                    raise Cancelled(f"job {job.id} was cancelled")
+                if self.on_progress:
+                    self.on_progress(Progress(job.id, idx, len(ids), 0, 1))
+                if self.store.upscale_of(parent_id, model) is None:
+                    self._one(job.id, idx, parent_id, model, up)
+                self.store.set_job_done(job.id, idx + 1)
+        finally:
+            # Keep the network for the next job, but not the buffers of its last pass.
+            up.trim()
 
     def _one(self, job_id: int, idx: int, parent_id: int, model: str, up) -> int:
         from .upscale import open_image

@@ -174,6 +174,22 @@ def test_compact_tiles_agree_with_whole_on_odd_sizes(compact, tile, overlap, fea
         assert diff.max() <= 1 and (diff == 0).mean() > 0.999
 
 
+def test_pools_are_emptied_between_shapes_without_changing_output(compact):
+    # Passes of changing shapes (edge and inner tiles, then a whole image), and an explicit trim,
+    # reuse or empty ncnn's pools; the pixels must not depend on which happened.
+    img = Image.fromarray(data.coffee()).resize((97, 61), Image.BOX)
+    with Upscaler("compact", tile=40, overlap=8, threads=THREADS) as tiled:
+        first = np.asarray(tiled.upscale(img))
+        assert tiled._pool_key is not None
+        tiled.trim()
+        assert tiled._pool_key is None and tiled.device == "cpu"
+        again = np.asarray(tiled.upscale(img))
+    np.testing.assert_array_equal(first, again)
+    whole = np.asarray(compact.upscale(img))
+    compact.trim()
+    np.testing.assert_array_equal(np.asarray(compact.upscale(img)), whole)
+
+
 def test_no_overlap_shows_seams(compact):
     # The control for the test above: without context the tiles visibly disagree with the whole.
     img = Image.fromarray(data.coffee()).resize((97, 61), Image.BOX)
