@@ -440,6 +440,7 @@ class Upscaler:
         self.max_memory = max_memory
         self.use_split = split  # False: always tile the whole network (for comparison)
         self._layout: _Layout | None = None  # read from the .param on first use
+        self._plans: dict[tuple[int, int], Plan] = {}  # by image size: the settings above do not change
         self._net = None
         # ncnn memory pools per stage (from blob, to blob), and the input pixels they were sized for.
         self._pools: dict[tuple[str, str], tuple] = {}
@@ -546,6 +547,12 @@ class Upscaler:
 
     def plan(self, width: int, height: int) -> Plan:
         """The passes used for an image of this size (see Plan); BadRequest if none fits max_memory."""
+        # Asked for by every size check, estimate and upscale of an image: search the grids once.
+        if (width, height) not in self._plans:
+            self._plans[width, height] = self._make_plan(width, height)
+        return self._plans[width, height]
+
+    def _make_plan(self, width: int, height: int) -> Plan:
         if width < 1 or height < 1:
             raise BadRequest(f"cannot upscale an empty {width}x{height} image")
         whole = Plan(plan_tiles(width, height, 0))
@@ -630,13 +637,11 @@ class Upscaler:
         import ncnn
 
         with self._lock:
-            for other in list(self._pools):
-                held = self._pool_pixels[other]
-                if (other != stage and not keep_others) or (other == stage and not 0.75 * held <= pixels <= held):
-                    for pool in self._pools.pop(other):
-                        pool.clear()
-                    del self._pool_pixels[other]
-                    _trim_heap()
+            stale = [other for other, held in self._pool_pixels.items()
+                     if (other != stage and not keep_others) or (other == stage and not 0.75 * held <= pixels <= held)]
+            self._drop_pools(stale)
+            if stale:
+                _trim_heap()
             if stage not in self._pools:
                 self._pools[stage] = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
                 self._pool_pixels[stage] = pixels
@@ -667,12 +672,15 @@ class Upscaler:
     def trim(self) -> None:
         """Empty ncnn's memory pools and hand freed memory back to the system; the network stays loaded."""
         with self._lock:
-            for pools in self._pools.values():
-                for pool in pools:
-                    pool.clear()
-            self._pools.clear()
-            self._pool_pixels.clear()
+            self._drop_pools(list(self._pools))
             _trim_heap()
+
+    def _drop_pools(self, stages: list[tuple[str, str]]) -> None:
+        # Empty and forget these stages' pools; the caller holds the lock.
+        for stage in stages:
+            for pool in self._pools.pop(stage):
+                pool.clear()
+            del self._pool_pixels[stage]
 
     def _image_in(self, rgb: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
