@@ -104,7 +104,7 @@ def worker(args) -> dict:
         load = time.perf_counter() - t
         out, best, runs = _timed(lambda: up.upscale(img))
         tiles = up.plan(SIZE, SIZE).describe()
-        device = up.device
+        device = up.device + (", winograd F63" if up.uses_winograd63 else "")
         up.close()
     arr = np.asarray(out.convert("RGB") if isinstance(out, Image.Image) else out)
     np.save(args.save, arr)

@@ -212,6 +212,28 @@ def test_pools_are_emptied_between_shapes_without_changing_output(compact):
     np.testing.assert_array_equal(np.asarray(compact.upscale(img)), whole)
 
 
+def test_winograd63_gives_ncnns_pixels_with_other_kernels(compact):
+    # F(6x6, 3x3) Winograd in place of ncnn's own choice: different arithmetic (the float outputs
+    # differ in the last bits), the same image (at most 1 level apart after rounding).
+    img = Image.fromarray(data.coffee()).resize((96, 64), Image.BOX)
+    with Upscaler("compact", threads=THREADS, winograd63=False, use_gpu=False) as plain, \
+            Upscaler("compact", threads=THREADS, winograd63=True, use_gpu=False) as f63:
+        a, b = np.asarray(plain.upscale(img)), np.asarray(f63.upscale(img))
+        assert f63.uses_winograd63 and not plain.uses_winograd63
+        convs = [layer for layer in f63._net.layers() if layer.type == "Convolution"]
+        assert convs and all(layer.top_shapes and layer.top_shapes[0].w > 0 for layer in convs)
+        x = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1), np.float32) / 255
+        ya = plain._forward(plain._net, x, "data", "output")
+        yb = f63._forward(f63._net, x, "data", "output")
+    assert not np.array_equal(ya, yb)
+    assert np.abs(ya - yb).max() < 1e-3
+    assert np.abs(a.astype(int) - b).max() <= 1
+    assert psnr(a, b) >= 60
+    # By default it is used on CPUs with AVX-512 only.
+    compact.load()
+    assert compact.uses_winograd63 == (compact.device == "cpu" and upscale._has_avx512())
+
+
 def test_no_overlap_shows_seams(compact):
     # The control for the test above: without context the tiles visibly disagree with the whole.
     img = Image.fromarray(data.coffee()).resize((97, 61), Image.BOX)
