@@ -83,6 +83,9 @@ class UpscaleModel:
     bytes_per_pixel: int
     body_bytes_per_pixel: int = 0
     tail_bytes_per_pixel: int = 0
+    # Added to weights_bytes where the 3x3 convolutions run as F(6x6, 3x3) Winograd (see
+    # _use_winograd63): it keeps 64 transformed coefficients per kernel where F(4x4) keeps 36.
+    f63_weights_bytes: int = 0
     input_blob: str = "data"
     output_blob: str = "output"
 
@@ -92,12 +95,15 @@ MODELS: dict[str, UpscaleModel] = {
     for m in (
         UpscaleModel("x4plus", "realesrgan-x4plus", 4, "general photographs (RRDBNet, slow)",
                      weights_bytes=280 * 1024**2, bytes_per_pixel=50 * 1024,
-                     body_bytes_per_pixel=18 * 1024, tail_bytes_per_pixel=42 * 1024),
+                     body_bytes_per_pixel=18 * 1024, tail_bytes_per_pixel=42 * 1024,
+                     f63_weights_bytes=230 * 1024**2),
         UpscaleModel("x4plus-anime", "realesrgan-x4plus-anime", 4, "illustration and anime (small RRDBNet)",
                      weights_bytes=70 * 1024**2, bytes_per_pixel=50 * 1024,
-                     body_bytes_per_pixel=18 * 1024, tail_bytes_per_pixel=42 * 1024),
+                     body_bytes_per_pixel=18 * 1024, tail_bytes_per_pixel=42 * 1024,
+                     f63_weights_bytes=65 * 1024**2),
         UpscaleModel("compact", "realesr-animevideov3-x4", 4, "fast compact network (SRVGGNet), anime-tuned",
-                     weights_bytes=4 * 1024**2, bytes_per_pixel=3 * 1024),
+                     weights_bytes=4 * 1024**2, bytes_per_pixel=3 * 1024,
+                     f63_weights_bytes=24 * 1024**2),
     )
 }
 
@@ -479,7 +485,7 @@ class Upscaler:
         self.use_split = split  # False: always tile the whole network (for comparison)
         # 3x3 convolutions on the CPU as F(6x6, 3x3) Winograd (None: where the CPU has AVX-512);
         # see _use_winograd63. Not used on a GPU.
-        self.winograd63 = winograd63
+        self.winograd63 = _has_avx512() if winograd63 is None else winograd63
         self._layout: _Layout | None = None  # read from the .param on first use
         self._plans: dict[tuple[int, int], Plan] = {}  # by image size: the settings above do not change
         self._net = None
@@ -540,7 +546,9 @@ class Upscaler:
 
     def _fixed_bytes(self, width: int, height: int) -> int:
         # Weights plus the buffers that scale with the whole image: the uint8 input and output.
-        return self.spec.weights_bytes + width * height * 3 * (self.scale**2 + 1)
+        # (Before loading it is not known whether a GPU will run it: counted as for the CPU.)
+        weights = self.spec.weights_bytes + (self.spec.f63_weights_bytes if self.winograd63 else 0)
+        return weights + width * height * 3 * (self.scale**2 + 1)
 
     def _feature_bytes(self, width: int, height: int) -> int:
         # The body's float32 feature map of the whole image, kept for the tail.
@@ -669,7 +677,7 @@ class Upscaler:
             if gpu:
                 net.set_vulkan_device(device)
             net.opt.num_threads = self.threads
-            f63 = not gpu and (self.winograd63 if self.winograd63 is not None else _has_avx512())
+            f63 = not gpu and self.winograd63
             if f63:
                 net.opt.use_winograd43_convolution = False
             loaded = net.load_param(str(param)) == 0
