@@ -209,7 +209,7 @@ def graph_reach(layers: list[Layer], start: str, end: str) -> int | None:
     return math.ceil(reach[end][0]) if end in reach else None
 
 
-def find_split(param_text: str, output_blob: str = "output") -> Split | None:
+def find_split(layers: list[Layer], output_blob: str = "output") -> Split | None:
     """Find the upsampling tail of an ncnn graph: the chain of one-input layers that ends at the output.
 
     Walking back from `output_blob` through convolutions, interpolations and pointwise activations,
@@ -219,7 +219,6 @@ def find_split(param_text: str, output_blob: str = "output") -> Split | None:
     when there is no such chain with upsampling in it (SRVGGNet ends by adding the upsampled input,
     so its tail is empty) or when a layer of unknown reach is met.
     """
-    layers = read_graph(param_text)
     producer = {top: layer for layer in layers for top in layer.tops}
     chain: list[Layer] = []
     blob = output_blob
@@ -519,9 +518,8 @@ class Upscaler:
         # cross-fade), else the overlap.
         if self._layout is None:
             param, _ = model_files(self.spec.name)
-            text = param.read_text()
-            layers = read_graph(text)
-            split = find_split(text, self.spec.output_blob) if self.use_split and self.spec.tail_bytes_per_pixel \
+            layers = read_graph(param.read_text())
+            split = find_split(layers, self.spec.output_blob) if self.use_split and self.spec.tail_bytes_per_pixel \
                 else None
 
             def context(end: str) -> tuple[int, bool]:

@@ -140,14 +140,18 @@ def test_body_and_tail_keep_their_buffers_where_they_fit_together(monkeypatch):
     assert not up._pool_pixels  # closing empties them
 
 
+def split_of(param_text: str) -> Split | None:
+    return find_split(read_graph(param_text))
+
+
 def test_find_split_cuts_rrdbnet_before_its_upsampling_tail():
-    x4plus = find_split(model_files("x4plus")[0].read_text())
+    x4plus = split_of(model_files("x4plus")[0].read_text())
     assert x4plus is not None and x4plus.channels == 64
     # 3x3 conv after one 2x upsample (1/2 pixel) and three after two (3/4): a reach of 1.25 pixels.
     assert x4plus.halo == 2
-    assert find_split(model_files("x4plus-anime")[0].read_text()).halo == 2
+    assert split_of(model_files("x4plus-anime")[0].read_text()).halo == 2
     # SRVGGNet's last layer adds the upsampled input: no tail to cut.
-    assert find_split(model_files("compact")[0].read_text()) is None
+    assert split_of(model_files("compact")[0].read_text()) is None
 
 
 def _graph(*layers: str) -> str:
@@ -158,14 +162,14 @@ def test_find_split_reads_reach_and_refuses_what_it_does_not_know():
     body = "BinaryOp add 2 1 a b feat"
     up2 = "Interp up 1 1 feat u 0=1 1=2.0 2=2.0"
     conv = "Convolution c 1 1 u output 0=3 1=5 6=4800"  # 5x5 over 64 channels: 2 px at 2x
-    assert find_split(_graph(body, up2, conv)) == Split("feat", 64, 1)
+    assert split_of(_graph(body, up2, conv)) == Split("feat", 64, 1)
     dilated = "Convolution c 1 1 u output 0=3 1=3 2=4 6=1728"  # radius 4 at 2x
-    assert find_split(_graph(body, up2, dilated)) == Split("feat", 64, 2)
+    assert split_of(_graph(body, up2, dilated)) == Split("feat", 64, 2)
     bilinear = "Interp up 1 1 feat u 0=2 1=2.0 2=2.0"
-    assert find_split(_graph(body, bilinear, conv)).halo == 2
-    assert find_split(_graph(body, up2, "Convolution c 1 1 u output 0=3 1=3 3=2 6=576")) is None  # stride 2
-    assert find_split(_graph(body, up2, "Pooling p 1 1 u output")) is None  # unknown layer
-    assert find_split(_graph(body, "Convolution c 1 1 feat output 0=3 1=3 6=576")) is None  # no upsampling
+    assert split_of(_graph(body, bilinear, conv)).halo == 2
+    assert split_of(_graph(body, up2, "Convolution c 1 1 u output 0=3 1=3 3=2 6=576")) is None  # stride 2
+    assert split_of(_graph(body, up2, "Pooling p 1 1 u output")) is None  # unknown layer
+    assert split_of(_graph(body, "Convolution c 1 1 feat output 0=3 1=3 6=576")) is None  # no upsampling
 
 
 def test_graph_reach_counts_what_each_output_pixel_can_see():
