@@ -1,89 +1,90 @@
 """The recipe of an image: every setting that made it, to and from JSON, store rows and PNG text chunks.
 
-One ``Recipe`` object travels through every layer (CLI, jobs, sampler set-up, PNG) instead of
-the same keyword arguments copied by hand. A PNG written by clip-curator carries its recipe in
-an iTXt chunk named ``clip-curator:recipe`` so the file alone can reproduce it.
+One ``Recipe`` travels through every layer (CLI, site, queue, sampler set-up, PNG) instead of the
+same keyword arguments copied by hand. Its fields are its schema: types and ranges are checked by
+pydantic at every boundary a recipe crosses (a CLI command, an API body, a PNG chunk, a job row),
+with a one-line ``RecipeError`` naming the first bad field. Settings whose sensible value depends
+on the model (steps, guidance scales, cutouts, clamping, the CLIP) may be left ``None``: the
+preset fills them in before a job is recorded, so a stored recipe is always complete.
+
+A PNG written by clip-curator carries its recipe in an iTXt chunk named ``clip-curator:recipe``,
+so the file alone can reproduce it.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, with_config
+
+from .errors import RecipeError
+from .imaging import open_image
+from .validate import parse
 
 PNG_KEY = "clip-curator:recipe"
 RECIPE_VERSION = 1
-
-LIMITS = {
-    "steps": (1, 4000),
-    "skip_timesteps": (0, 3999),
-    "cutn": (1, 256),
-    "batch_size": (1, 64),
-}
+SEED_MAX = 2 ** 63 - 1  # seeds are SQLite integers; image i of a job is seeded seed + i
+# PNG text chunks may not hold NUL, and no other control character belongs in a prompt either.
+_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
-class RecipeError(ValueError):
-    """A recipe with a missing, malformed or out-of-range setting."""
+def _whole(lo: int, hi: int, what: str = "a whole number"):
+    return Field(ge=lo, le=hi, description=f"{what} from {lo} to {hi}")
 
 
+def _number(lo: float, hi: float):
+    return Field(ge=lo, le=hi, allow_inf_nan=False, description=f"a number from {lo:g} to {hi:g}")
+
+
+Text = Annotated[StrictStr, Field(max_length=2000, pattern=_PRINTABLE,
+                                  description="text of at most 2000 characters, without control characters")]
+Number = StrictFloat | StrictInt
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines one generated image, given its seed."""
+    """Everything that determines one generated image, given its seed (``None``: the preset's default)."""
 
-    prompt: str
-    model: str = "uncond-256"
-    clip_model: str | None = None
-    checkpoint: str | None = None
-    image_prompts: tuple = ()
-    init_image: str | None = None
-    skip_timesteps: int = 0
-    seed: int = 0
-    steps: int = 100
-    method: str = "ddpm"
-    eta: float = 0.0
-    clip_guidance_scale: float = 1000.0
-    tv_scale: float = 150.0
-    range_scale: float = 50.0
-    cutn: int = 16
-    cut_pow: float = 0.5
-    clip_denoised: bool = False
-    precision: str = "auto"
-    batch_size: int = 1
-    version: int = field(default=RECIPE_VERSION)
+    prompt: Text
+    model: Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=_PRINTABLE,
+                                      description="a model preset name")] = "uncond-256"
+    clip_model: Annotated[StrictStr | None, Field(min_length=1, max_length=500, pattern=_PRINTABLE,
+                                                  description="a CLIP preset or open_clip MODEL/TAG")] = None
+    checkpoint: Annotated[StrictStr | None, Field(max_length=4096, pattern=_PRINTABLE,
+                                                  description="a file path")] = None
+    image_prompts: Annotated[tuple[Annotated[StrictStr, Field(max_length=4096, pattern=_PRINTABLE)], ...],
+                             Field(max_length=64, description="a list of image prompts (PATH[:W] or ID[:W])")] = ()
+    init_image: Annotated[StrictStr | None, Field(max_length=4096, pattern=_PRINTABLE,
+                                                  description="a file path or gallery id")] = None
+    skip_timesteps: Annotated[StrictInt, _whole(0, 3999)] = 0
+    seed: Annotated[StrictInt, _whole(0, SEED_MAX)] = 0
+    steps: Annotated[StrictInt | None, _whole(1, 4000)] = None
+    method: Annotated[Literal["ddpm", "ddim"], Field(description="ddpm or ddim")] = "ddpm"
+    eta: Annotated[Number, _number(0, 1)] = 0.0
+    clip_guidance_scale: Annotated[Number | None, _number(0, 1e6)] = None
+    tv_scale: Annotated[Number | None, _number(0, 1e6)] = None
+    range_scale: Annotated[Number | None, _number(0, 1e6)] = None
+    cutn: Annotated[StrictInt | None, _whole(1, 256)] = None
+    cut_pow: Annotated[Number, Field(gt=0, le=10, allow_inf_nan=False,
+                                     description="a number above 0 and at most 10")] = 0.5
+    clip_denoised: Annotated[StrictBool | None, Field(description="true or false")] = None
+    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"],
+                         Field(description="auto, fp32, bf16 or fp16")] = "auto"
+    batch_size: Annotated[StrictInt, _whole(1, 64)] = 1
+    version: Annotated[StrictInt, _whole(1, RECIPE_VERSION, "a recipe version")] = field(default=RECIPE_VERSION)
 
     def validate(self) -> "Recipe":
         """Return self, or raise RecipeError naming the first bad setting."""
-        from generate.errors import BadRequest
-        from generate.prompts import parse_image_prompt, parse_prompt
+        return parse(Recipe, self._fields(), RecipeError)._consistent()
 
-        try:
-            parse_prompt(self.prompt)
-            for spec in self.image_prompts:
-                parse_image_prompt(spec)
-        except BadRequest as e:
-            raise RecipeError(str(e)) from None
-        for name, (lo, hi) in LIMITS.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise RecipeError(f"{name} must be a whole number from {lo} to {hi}, not {v!r}")
-        if self.skip_timesteps >= self.steps:
+    def _consistent(self) -> "Recipe":
+        # What one field's type cannot say: settings that constrain each other.
+        if self.steps is not None and self.skip_timesteps >= self.steps:
             raise RecipeError(f"skip_timesteps ({self.skip_timesteps}) must be less than steps ({self.steps})")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
-            raise RecipeError(f"seed must be a whole number from 0 to 2**63-1, not {self.seed!r}")
-        for name in ("clip_guidance_scale", "tv_scale", "range_scale"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e6:
-                raise RecipeError(f"{name} must be a number from 0 to 1000000, not {v!r}")
-        if not isinstance(self.cut_pow, (int, float)) or not 0 < self.cut_pow <= 10:
-            raise RecipeError(f"cut_pow must be a number above 0 and at most 10, not {self.cut_pow!r}")
-        if not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
-            raise RecipeError(f"eta must be a number from 0 to 1, not {self.eta!r}")
-        if self.method not in ("ddpm", "ddim"):
-            raise RecipeError(f"method must be ddpm or ddim, not {self.method!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise RecipeError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.skip_timesteps and not self.init_image:
             raise RecipeError("skip_timesteps needs an init image")
         return self
@@ -91,6 +92,13 @@ class Recipe:
     def with_seed(self, seed: int) -> "Recipe":
         """The same recipe for another seed."""
         return replace(self, seed=int(seed))
+
+    def filled(self, defaults: dict) -> "Recipe":
+        """This recipe with its unset (None) settings taken from ``defaults``."""
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def _fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -103,25 +111,19 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        """Build from a dict, ignoring keys a newer version may have added."""
+    def from_dict(cls, d) -> "Recipe":
+        """Build and validate from a dict, ignoring keys a newer version may have added."""
         if not isinstance(d, dict) or "prompt" not in d:
             raise RecipeError("not a clip-curator recipe (no prompt)")
         known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if "image_prompts" in kw:
-            kw["image_prompts"] = tuple(kw["image_prompts"] or ())
-        try:
-            return cls(**kw)
-        except TypeError as e:
-            raise RecipeError(f"malformed recipe: {e}") from None
+        return parse(cls, {k: v for k, v in d.items() if k in known}, RecipeError)._consistent()
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
         """Parse JSON text written by ``to_json``."""
         try:
             return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, TypeError) as e:
             raise RecipeError(f"malformed recipe JSON: {e}") from None
 
 
@@ -138,13 +140,9 @@ def png_info(recipe: "Recipe | dict", extra: dict | None = None) -> PngImagePlug
 
 
 def read_png_recipe(path: str | Path) -> tuple[Recipe, dict]:
-    """The recipe and extra facts stored in a PNG's text chunk; RecipeError if it has none."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            text = im.text.get(PNG_KEY) if hasattr(im, "text") else None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RecipeError(f"cannot read {path}: {e}") from None
+    """The recipe and extra facts stored in a PNG's text chunk; RecipeError if it has none or a bad one."""
+    with open_image(path, RecipeError) as im:
+        text = im.text.get(PNG_KEY) if hasattr(im, "text") else None
     if not text:
         raise RecipeError(f"{path} carries no clip-curator recipe")
     try:
@@ -152,4 +150,4 @@ def read_png_recipe(path: str | Path) -> tuple[Recipe, dict]:
     except json.JSONDecodeError as e:
         raise RecipeError(f"malformed recipe in {path}: {e}") from None
     extra = payload.pop("extra", {}) if isinstance(payload, dict) else {}
-    return Recipe.from_dict(payload), extra
+    return Recipe.from_dict(payload), extra if isinstance(extra, dict) else {}

@@ -1,3 +1,5 @@
+import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -5,16 +7,16 @@ import sys
 import numpy as np
 import pytest
 
-from gallery.store import SCHEMA_VERSION, Store
-from generate.errors import ImageNotFound, JobNotFound
+from conftest import ROOT, new_image
+from gallery.errors import ImageNotFound, JobNotFound, SchemaTooNew
+from gallery.store import SCHEMA_VERSION, Embedding, Filters, Store
+
+RELEASED_V3 = ROOT / "tests" / "fixtures" / "released-v3.db"
 
 
 def _image(store, job_id, idx, **kw):
-    args = dict(job_id=job_id, idx=idx, seed=100 + idx, path=f"images/{job_id}/{idx}.png", width=32, height=32,
-                recipe_json="{}", prompt="p", model="tiny", clip_model="c", embedding=np.arange(4) + 1.0,
-                embedding_model="c")
-    args.update(kw)
-    return store.add_image(**args)
+    return store.add_image(new_image(job_id, idx, seed=100 + idx, model="tiny", clip_model="c", **kw),
+                           Embedding("c", np.arange(4) + 1.0))
 
 
 def test_schema_version_and_wal(store):
@@ -31,8 +33,45 @@ def test_refuses_a_newer_schema(instance):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this clip-curator"):
+    with pytest.raises(SchemaTooNew, match="newer than this clip-curator"):
         Store(path)
+
+
+def _schema(conn, skip=()):
+    return {(t, n, " ".join((sql or "").split())) for t, n, sql in conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(skip)),))}
+
+
+def test_a_database_of_the_first_release_keeps_every_row_embedding_and_star(tmp_path):
+    # The fixture was written by the first released clip-curator (schema 3): a generate job with
+    # two images (one starred) and their embeddings of two CLIPs, an imported image, an upscale.
+    db = tmp_path / "gallery.db"
+    shutil.copy(RELEASED_V3, db)
+    old = sqlite3.connect(db)
+    before_images = old.execute("SELECT * FROM images ORDER BY id").fetchall()
+    before_emb = old.execute("SELECT image_id, model, vector FROM embeddings ORDER BY model, image_id").fetchall()
+    before_jobs = old.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    released_schema = _schema(old)
+    old.close()
+    assert len(before_images) == 4 and len(before_emb) == 4
+    store = Store(db)
+    assert store.schema_version == SCHEMA_VERSION
+    after = sqlite3.connect(db)
+    assert after.execute("SELECT * FROM images ORDER BY id").fetchall() == before_images
+    assert after.execute("SELECT image_id, model, vector FROM embeddings ORDER BY model, image_id").fetchall() \
+        == before_emb
+    assert after.execute("SELECT * FROM jobs ORDER BY id").fetchall() == before_jobs
+    after.close()
+    assert [r.starred for r in store.page_images()] == [False, False, True, False]
+    assert store.get_image(4).parent_id == 2 and store.upscale_of(2, "compact") == 4
+    assert store.embedding(1, "ViT-B-32/openai").shape == (512,)
+    assert [r.id for r in store.page_images(Filters(keyword="owl"))] == [4, 2, 1]  # the prompt index came along
+    # A new database gets exactly the released schema, plus what later versions added.
+    fresh = Store(tmp_path / "new.db")
+    assert _schema(fresh.conn, skip=["sessions", "sqlite_autoindex_sessions_1"]) == released_schema
+    fresh.close()
+    store.close()
 
 
 def test_image_row_and_job_count_commit_together(store):
@@ -50,13 +89,40 @@ def test_star_and_missing_ids(store):
     job = store.create_job("generate", "{}", 1, 0)
     image_id = _image(store, job, 0)
     store.star(image_id)
-    assert store.get_image(image_id)["starred"] == 1
+    assert store.get_image(image_id).starred is True
     store.star(image_id, False)
-    assert store.get_image(image_id)["starred"] == 0
+    assert store.get_image(image_id).starred is False
     with pytest.raises(ImageNotFound):
         store.star(9999)
     with pytest.raises(JobNotFound):
         store.get_job(9999)
+    for huge in (2 ** 63, 2 ** 70, -1):  # ids no row can have are simply not found
+        with pytest.raises(ImageNotFound):
+            store.get_image(huge)
+        with pytest.raises(JobNotFound):
+            store.get_job(huge)
+
+
+def test_bulk_star_changes_all_or_nothing(store):
+    job = store.create_job("generate", "{}", 2, 0)
+    a, b = _image(store, job, 0), _image(store, job, 1)
+    with pytest.raises(ImageNotFound, match="image 999"):
+        store.set_starred([a, 999, b], True)
+    assert not store.get_image(a).starred and not store.get_image(b).starred
+    store.set_starred([a, b], True)
+    assert store.get_image(a).starred and store.get_image(b).starred
+
+
+def test_concurrent_toggles_never_lose_a_flip(instance, store):
+    # Two connections flipping the same star 50 times each: one UPDATE per flip, so an even
+    # number of flips always leaves it where it started.
+    job = store.create_job("generate", "{}", 1, 0)
+    image_id = _image(store, job, 0)
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from gallery.store import Store; "
+            "s = Store(sys.argv[1]); [s.toggle_star(1) for _ in range(50)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.path), str(ROOT)]) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert store.get_image(image_id).starred is False
 
 
 def test_claim_excludes_live_workers_and_takes_over_dead_ones(store):
@@ -72,6 +138,16 @@ def test_claim_excludes_live_workers_and_takes_over_dead_ones(store):
 
 def test_cancel_queued_job(store):
     job = store.create_job("generate", "{}", 1, 0)
-    store.request_cancel(job)
+    assert store.request_cancel(job).status == "cancelled"
     assert store.get_job(job).status == "cancelled"
     assert store.claim_next_job("me:1") is None
+
+
+def test_sessions_are_revocable(store):
+    a, b = store.create_session(), store.create_session()
+    assert store.session_valid(a) and store.session_valid(b) and not store.session_valid("forged")
+    store.end_session(a)
+    assert not store.session_valid(a) and store.session_valid(b)
+    assert store.end_all_sessions() == 1 and not store.session_valid(b)
+    # Only a hash of the token is kept: the database alone cannot forge a session.
+    assert b not in str(store.conn.execute("SELECT * FROM sessions").fetchall())

@@ -1,0 +1,91 @@
+"""The store: every SQL statement of the project, over one SQLite file in the instance folder.
+
+SQLite is the single source of truth (files are written before their rows, and a row exists only
+for a complete file). WAL mode lets the site read while a worker writes; a busy timeout rides
+out short write locks. The schema has a version and one-step migrations (``schema``).
+The statements are grouped by table: jobs, images, embeddings, sessions.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from ..errors import SchemaTooNew
+from .embeddings import EmbeddingsMixin
+from .images import ImagesMixin
+from .jobs import JobsMixin, now, worker_id
+from .rows import JOB_KINDS, JOB_STATUSES, Embedding, Filters, ImageRow, Job, NewImage
+from .schema import SCHEMA_VERSION, target_after, upgrade
+from .sessions import SessionsMixin
+
+__all__ = ["Store", "Job", "ImageRow", "NewImage", "Embedding", "Filters", "JOB_KINDS", "JOB_STATUSES",
+           "SCHEMA_VERSION", "now", "worker_id"]
+
+
+class Store(JobsMixin, ImagesMixin, EmbeddingsMixin, SessionsMixin):
+    """Named operations over the gallery database."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        try:
+            self.migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version this file is at."""
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        """Bring the schema up to SCHEMA_VERSION, one step per transaction."""
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path} has schema {version}, newer than this clip-curator "
+                               f"({SCHEMA_VERSION}): upgrade clip-curator")
+        db = sqlite_utils.Database(self.conn)
+        while version < SCHEMA_VERSION:
+            with self.transaction():
+                if self.schema_version == version:  # else another process migrated meanwhile
+                    upgrade(db, version)
+                    self.conn.execute(f"PRAGMA user_version = {target_after(version)}")
+            version = self.schema_version
+
+    def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, args).fetchall()
+
+    def _row(self, sql: str, args=()) -> sqlite3.Row | None:
+        return self.conn.execute(sql, args).fetchone()
