@@ -9,7 +9,7 @@ For each model (x4plus, x4plus-anime, compact) it upscales scikit-image's astron
 hide another's, and a native crash cannot end the benchmark):
 
 1. ours, tiled: the plan the default 2 GiB memory limit picks (for x4plus: the body over the whole
-   image, the upsampling tail in small tiles with a 2-pixel halo; see generate/upscale.py); where
+   image, the upsampling tail in small tiles with a 2-pixel halo; see generate/upscale/); where
    the whole image fits that limit (compact), the plan for 3/4 of the memory the whole image needs;
    or, with --tile, tiles of that size;
 2. ours, tiled without the body/tail split: the whole network in tiles with 32 pixels of context

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,10 +10,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from generate import upscale
-from generate.errors import BadRequest
-from generate.upscale import (MODELS, Split, Upscaler, _feather, choose_grid, find_split, graph_reach,
-                              model_files, plan_grid, plan_tiles, read_graph, upscale_file)
+from gallery.errors import BadRequest
+from generate.upscale import (MODELS, Layout, Plan, Planner, Split, Upscaler, choose_grid, feather, find_split,
+                              graph_reach, has_avx512, model_files, plan_grid, plan_tiles, read_graph,
+                              upscale_file)
+from generate.upscale.stitch import crop, stitch_passes, write_tail
 
 # One thread: the networks' per-layer OpenMP barriers slow to a crawl when another process
 # (a second pytest worker, a training job) holds the other cores.
@@ -101,43 +103,42 @@ def test_tail_tiles_reproduce_the_whole_image():
     with Upscaler("x4plus-anime", tile=0, threads=THREADS) as whole:
         a = np.asarray(whole.upscale(img)).astype(int)
     # A memory limit that leaves room for the body over the whole image but not the tail.
-    weights = Upscaler("x4plus-anime", threads=THREADS)._fixed_bytes(0, 0)
+    weights = Upscaler("x4plus-anime", threads=THREADS).planner.fixed_bytes(0, 0)
     tight = Upscaler("x4plus-anime", threads=THREADS, max_memory=weights + 160 * 1024**2)
     plan = tight.plan(96, 72)
     assert len(plan.passes) == 1 and len(plan.tail) > 1 and plan.split.halo == 2 and not plan.cofit
     with tight:
         b = np.asarray(tight.upscale(img)).astype(int)
         # Body and tail do not fit together: only the last stage's buffers are kept.
-        assert len(tight._pool_pixels) == 1
+        assert tight.kept_pools == 1
     diff = np.abs(a - b)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
     # The control: the same tail tiles with no halo leave seams.
-    no_halo = Upscaler("x4plus-anime", threads=THREADS, max_memory=tight.max_memory)
-    no_halo._layout = no_halo._read_layout()._replace(split=Split(plan.split.blob, plan.split.channels, 0))
+    no_halo = Upscaler("x4plus-anime", threads=THREADS, max_memory=tight.planner.max_memory,
+                       layout=replace(tight.planner.layout, split=Split(plan.split.blob, plan.split.channels, 0)))
     with no_halo:
         c = np.asarray(no_halo.upscale(img)).astype(int)
     assert np.abs(a - c).max() > 10
 
 
 @pytest.mark.slow
-def test_body_and_tail_keep_their_buffers_where_they_fit_together(monkeypatch):
-    # At this small size the process's own allowance would dwarf the work: leave it out.
-    monkeypatch.setattr(upscale, "PROCESS_BYTES", 0)
+def test_body_and_tail_keep_their_buffers_where_they_fit_together():
     img = Image.fromarray(data.chelsea()).resize((96, 72), Image.BOX)
     with Upscaler("x4plus-anime", tile=0, threads=THREADS) as whole:
         a = np.asarray(whole.upscale(img)).astype(int)
     room = 230 * 1024**2  # beside the weights: enough for body and tail together at this size
     up = Upscaler("x4plus-anime", threads=THREADS)
-    up.max_memory = up._fixed_bytes(0, 0) + room
+    # At this small size the process's own allowance would dwarf the work: leave it out.
+    up.planner = replace(up.planner, max_memory=up.planner.fixed_bytes(0, 0) + room, process_bytes=0)
     plan = up.plan(96, 72)
     assert plan.cofit and len(plan.passes) == 1 and len(plan.tail) > 1
     with up:
         for _ in range(2):
             b = np.asarray(up.upscale(img)).astype(int)
-            assert len(up._pool_pixels) == 2  # both stages' pools survive the image
+            assert up.kept_pools == 2  # both stages' pools survive the image
             diff = np.abs(a - b)
             assert diff.max() <= 1 and (diff == 0).mean() > 0.999
-    assert not up._pool_pixels  # closing empties them
+    assert up.kept_pools == 0  # closing empties them
 
 
 def split_of(param_text: str) -> Split | None:
@@ -209,9 +210,9 @@ def test_pools_are_emptied_between_shapes_without_changing_output(compact):
     img = Image.fromarray(data.coffee()).resize((97, 61), Image.BOX)
     with Upscaler("compact", tile=40, overlap=8, threads=THREADS) as tiled:
         first = np.asarray(tiled.upscale(img))
-        assert tiled._pool_pixels
+        assert tiled.kept_pools > 0
         tiled.trim()
-        assert not tiled._pool_pixels and tiled.device == "cpu"
+        assert tiled.kept_pools == 0 and tiled.device == "cpu"
         again = np.asarray(tiled.upscale(img))
     np.testing.assert_array_equal(first, again)
     whole = np.asarray(compact.upscale(img))
@@ -227,18 +228,18 @@ def test_winograd63_gives_ncnns_pixels_with_other_kernels(compact):
             Upscaler("compact", threads=THREADS, winograd63=True, use_gpu=False) as f63:
         a, b = np.asarray(plain.upscale(img)), np.asarray(f63.upscale(img))
         assert f63.uses_winograd63 and not plain.uses_winograd63
-        convs = [layer for layer in f63._net.layers() if layer.type == "Convolution"]
+        convs = [layer for layer in f63.net.layers() if layer.type == "Convolution"]
         assert convs and all(layer.top_shapes and layer.top_shapes[0].w > 0 for layer in convs)
         x = np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1), np.float32) / 255
-        ya = plain._forward(plain._net, x, "data", "output")
-        yb = f63._forward(f63._net, x, "data", "output")
+        ya = plain.forward("data", "output", x)
+        yb = f63.forward("data", "output", x)
     assert not np.array_equal(ya, yb)
     assert np.abs(ya - yb).max() < 1e-3
     assert np.abs(a.astype(int) - b).max() <= 1
     assert psnr(a, b) >= 60
     # By default it is used on CPUs with AVX-512 only.
     compact.load()
-    assert compact.uses_winograd63 == (compact.device == "cpu" and upscale._has_avx512())
+    assert compact.uses_winograd63 == (compact.device == "cpu" and has_avx512())
 
 
 def test_no_overlap_shows_seams(compact):
@@ -270,8 +271,37 @@ def test_feather_weights_sum_to_one():
     total = np.zeros(length * s)
     for a0, a1 in cores:
         u0, u1 = max(0, a0 - half) * s, min(length, a1 + half) * s
-        total[u0:u1] += _feather(u0, u1, a0, a1, length, half, s)
+        total[u0:u1] += feather(u0, u1, a0, a1, length, half, s)
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap,exact", [(8, False), (0, False), (18, True)])
+def test_stitched_passes_of_a_local_network_give_its_whole_output(overlap, exact):
+    # A stand-in network that enlarges each pixel 2x: any seam or misplaced weight would show.
+    s, (H, W) = 2, (61, 97)
+    img = np.random.default_rng(0).random((H, W, 3), np.float32) * 255
+    planner = Planner(MODELS["compact"], lambda: Layout(None, overlap, exact), overlap=overlap)
+
+    def run(t):
+        return np.repeat(np.repeat(crop(img, t.context), s, axis=0), s, axis=1)
+
+    plan = Plan(plan_tiles(W, H, 32, overlap), exact=exact)
+    half = planner.half_feather(plan)
+    assert half == (0 if exact else min(8, overlap))
+    got, ends, ticks = np.zeros((H * s, W * s, 3), np.float32), [0], []
+
+    def emit(r0, r1, rows):
+        assert r0 == ends[-1]  # finished rows come in order, each once
+        got[r0:r1] = rows
+        ends.append(r1)
+
+    stitch_passes(plan, H, W, s, 3, half, run, emit, lambda: ticks.append(1))
+    assert ends[-1] == H * s and len(ticks) == len(plan.passes)
+    np.testing.assert_allclose(got, run(plan_tiles(W, H, 0)[0]), atol=1e-3)
+    # The tail writes exact cores, rounded, straight into the output.
+    out = np.zeros((H * s, W * s, 3), np.uint8)
+    write_tail(Plan(plan.passes, tail=plan_tiles(W, H, 40, 2)), out, s, run, lambda: ticks.append(1))
+    np.testing.assert_array_equal(out, np.floor(run(plan_tiles(W, H, 0)[0]) + 0.5).astype(np.uint8))
 
 
 def test_choose_grid_reads_the_fewest_pixels_that_fit():
