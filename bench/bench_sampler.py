@@ -115,16 +115,15 @@ def main(argv=None) -> int:
               f"final pixels max abs difference {float((x_bf - x_one).abs().max()):.3g}")
 
     # A whole tiny-preset image, the way the demo makes it.
-    from cli import TINY_DEFAULTS
+    from gallery.instance import Instance
     from gallery.recipe import Recipe
-    from generate.jobs import Generator
+    from generate.diffusion import Generator
 
-    models = ModelCache(Path("instance"), progress=False)
-    gen = Generator(Recipe(prompt="a red circle on a white background", model="tiny", **TINY_DEFAULTS),
-                    models, torch.device("cpu"))
+    models = ModelCache(Instance(Path("instance")), progress=False)
+    gen = Generator(Recipe(prompt="a red circle on a white background", model="tiny"), models, torch.device("cpu"))
     gen.run([0])  # warm-up
     t_tiny, _ = timed(lambda: gen.run([1]), repeats=3)
-    print(f"tiny preset: one {P.TINY_32.image_size}x{P.TINY_32.image_size} image, {TINY_DEFAULTS['steps']} guided "
+    print(f"tiny preset: one {P.TINY_32.image_size}x{P.TINY_32.image_size} image, {gen.recipe.steps} guided "
           f"steps: {t_tiny:.2f} s")
     if not same:
         print("FAIL: the one-forward sampler changed the pixels")

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from gallery.errors import BadRequest, WeightsCorrupt
+from gallery.instance import Instance
+
 from . import presets as P
-from .errors import BadRequest, WeightsCorrupt
+from . import weights as W
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -116,10 +119,8 @@ def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(sd)
 
 
-def load_unet(preset: P.DiffusionPreset, instance: Path, device: torch.device,
-              checkpoint: str | None = None, progress: bool = True) -> torch.nn.Module:
-    """Build the preset's UNet and load its verified weights, frozen, in eval mode, on device."""
-    path = P.diffusion_weights_path(preset, instance, checkpoint, progress=progress)
+def load_unet(preset: P.DiffusionPreset, path: Path, device: torch.device) -> torch.nn.Module:
+    """Build the preset's UNet and load the checked weights at path, frozen, in eval mode, on device."""
     model = build_unet(preset)
     load_state_dict_checked(model, path)
     return model.requires_grad_(False).eval().to(device)
@@ -163,13 +164,12 @@ class Clip:
         return torch.nn.functional.normalize(self.encode_image(x).float(), dim=-1)
 
 
-def load_clip(spec: P.ClipSpec, instance: Path, device: torch.device, progress: bool = True) -> Clip:
-    """Create an open_clip model from a spec and load its weights through open_clip."""
+def load_clip(spec: P.ClipSpec, path: Path, device: torch.device) -> Clip:
+    """Create an open_clip model from a spec and load its weights (at path) through open_clip."""
     import open_clip
 
     if spec.config_file is not None:
         P.register_tiny_clip_config()
-    path = P.clip_weights_path(spec, instance, progress=progress)
     try:
         model, _, _ = open_clip.create_model_and_transforms(spec.model, pretrained=str(path))
     except RuntimeError as e:
@@ -185,26 +185,44 @@ def load_clip(spec: P.ClipSpec, instance: Path, device: torch.device, progress: 
 
 
 class ModelCache:
-    """Loads models lazily, once per process, keyed by what they are; ``close()`` releases them."""
+    """Loads models lazily, once per process, keyed by what they are; ``close()`` releases them.
 
-    def __init__(self, instance: Path, progress: bool = True):
-        self.instance = Path(instance)
+    With ``fetch`` (a worker, the CLI) missing weights are downloaded on first use; without it
+    (the site) they must already be cached, so no request ever waits on a download.
+    """
+
+    def __init__(self, instance: Instance, progress: bool = True, fetch: bool = False):
+        self.instance = instance
         self.progress = progress
+        self.fetch = fetch
         self._unets: dict = {}
         self._clips: dict = {}
+
+    def unet_path(self, preset: P.DiffusionPreset, checkpoint: str | None = None) -> Path:
+        """Where the preset's weights are (fetched first if this cache may fetch)."""
+        if self.fetch:
+            return W.fetch_diffusion(preset, self.instance, checkpoint, progress=self.progress)
+        return W.locate_diffusion(preset, self.instance, checkpoint)
+
+    def clip_path(self, spec: P.ClipSpec) -> Path:
+        """Where a CLIP's weights are (fetched first if this cache may fetch)."""
+        if self.fetch:
+            return W.fetch_clip(spec, self.instance, progress=self.progress)
+        return W.locate_clip(spec, self.instance)
 
     def unet(self, preset: P.DiffusionPreset, device: torch.device, checkpoint: str | None = None):
         """The preset's UNet with its weights, loaded on first use."""
         key = (preset.name, checkpoint, str(device))
         if key not in self._unets:
-            self._unets[key] = load_unet(preset, self.instance, device, checkpoint, progress=self.progress)
+            self._unets[key] = load_unet(preset, self.unet_path(preset, checkpoint), device)
         return self._unets[key]
 
     def clip(self, name: str, device: torch.device) -> Clip:
         """A CLIP model by preset name or open_clip 'MODEL/TAG', loaded on first use."""
         key = (name, str(device))
         if key not in self._clips:
-            self._clips[key] = load_clip(P.clip_spec(name), self.instance, device, progress=self.progress)
+            spec = P.clip_spec(name)
+            self._clips[key] = load_clip(spec, self.clip_path(spec), device)
         return self._clips[key]
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import BadRequest
+from gallery.errors import BadRequest
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 MAX_PROMPT_CHARS = 2000

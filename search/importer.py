@@ -3,7 +3,8 @@
 Each file is copied into the instance folder (the site serves files only from there), its recipe
 read from the PNG text chunk where clip-curator or a compatible tool wrote one, and its CLIP
 embedding stored. A second run looks at path, size and mtime first and embeds only files that
-are new or whose bytes changed; unreadable files are skipped with a message naming each.
+are new or whose bytes changed. Files that cannot be imported (unreadable, too large, not images,
+links that loop or lead nowhere) are skipped with a message naming each, and the rest go on.
 """
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from gallery.errors import BadRequest
+from gallery.files import atomic_write, sha256_file, sweep_temp
+from gallery.imaging import load_rgb
+from gallery.instance import Instance
+from gallery.recipe import read_png_recipe
+from gallery.store import Embedding, ImageRow, NewImage, Store
 
-from gallery.recipe import RecipeError, read_png_recipe
-from generate.files import commit_file, sha256_file
+from .embed import Embedder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-IMPORT_DIR = "images/imported"
 
 
 @dataclass
@@ -32,24 +37,45 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _check_image(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        im.load()
-        return im.size
+def walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
+    """Every file under folder, in a stable order, following links to folders once each.
+
+    Links that loop or lead nowhere, and hidden files, are passed over; the links are named in
+    ``skipped`` with the reason.
+    """
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append((root, "link to a folder already imported (a link loop)"))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in [*sorted(files), *[d for d in dirs if os.path.islink(os.path.join(root, d))]]:
+            path = Path(root, name)
+            if name.startswith("."):
+                continue
+            if path.is_symlink() and not path.exists():
+                try:
+                    path.resolve(strict=True)
+                    why = "broken symbolic link"
+                except RuntimeError:
+                    why = "symbolic link loop"
+                except OSError as e:
+                    why = "symbolic link loop" if e.errno == 40 else "broken symbolic link"
+                skipped.append((str(path), why))
+            elif path.is_file():
+                yield path
 
 
-def _copy_in(src: Path, instance: Path, sha: str) -> str:
-    rel = f"{IMPORT_DIR}/{sha[:2]}/{sha}{src.suffix.lower()}"
-    dest = Path(instance) / rel
+def copy_in(src: Path, instance: Instance, sha: str) -> str:
+    """Copy a file into the instance's import folder (once per content); returns its relative path."""
+    dest = instance.imported_path(sha, src.suffix)
     if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.stem}.tmp{os.getpid()}{dest.suffix}")
-        try:
+        with atomic_write(dest) as tmp:
             shutil.copyfile(src, tmp)
-            commit_file(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return rel
+    return instance.rel(dest)
 
 
 def _recipe_of(path: Path) -> tuple[str, str]:
@@ -58,63 +84,83 @@ def _recipe_of(path: Path) -> tuple[str, str]:
         try:
             recipe, _ = read_png_recipe(path)
             return recipe.to_json(), recipe.prompt
-        except RecipeError:
+        except BadRequest:
             pass
     return json.dumps({"prompt": "", "imported_from": path.name}), ""
 
 
-def import_folder(store, embedder, instance: Path, folder: Path, progress=None) -> ImportReport:
+def import_folder(store: Store, embedder: Embedder, instance: Instance, folder: Path, progress=None) -> ImportReport:
     """Import every image under ``folder``; returns what was added, updated and skipped."""
+    sweep_temp(instance.imported_dir)
     report = ImportReport()
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-    for path in files:
+    for path in list(walk(Path(folder), report.skipped)):
         try:
-            _import_one(store, embedder, Path(instance), path.resolve(), report)
+            Importer(store, embedder, instance, report).one(path.resolve())
         finally:
             if progress:
                 progress(1)
     return report
 
 
-def _import_one(store, embedder, instance: Path, path: Path, report: ImportReport) -> None:
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        report.skipped.append((str(path), "not an image file"))
-        return
-    st = path.stat()
-    source = (str(path), st.st_size, st.st_mtime)
-    existing = store.image_by_source(str(path))
-    if existing and existing["source_size"] == st.st_size and existing["source_mtime"] == st.st_mtime:
-        report.unchanged += 1
-        return
-    try:
-        width, height = _check_image(path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        report.skipped.append((str(path), f"unreadable ({type(e).__name__})"))
-        return
-    sha = sha256_file(path)
-    if existing and existing["sha256"] == sha:  # touched, not changed
-        store.update_source(existing["id"], source)
-        report.unchanged += 1
-        return
-    same = store.image_by_sha256(sha)
-    if same and not existing:  # these bytes are in the gallery already
-        if same["source_path"] is None:
-            store.update_source(same["id"], source)
-        report.unchanged += 1
-        return
-    vector = embedder.files([path])[0]
-    if isinstance(vector, Exception):
-        report.skipped.append((str(path), str(vector)))
-        return
-    rel = _copy_in(path, instance, sha)
-    recipe_json, prompt = _recipe_of(path)
-    if existing:
-        old = store.delete_image(existing["id"])
-        for p in old:
-            if not store.path_in_use(p):
-                (instance / p).unlink(missing_ok=True)
-    image_id = store.add_image(
-        job_id=None, idx=None, seed=None, path=rel, width=width, height=height, recipe_json=recipe_json,
-        prompt=prompt, model=None, clip_model=None, embedding=vector, embedding_model=embedder.id,
-        kind="imported", sha256=sha, source=source)
-    (report.updated if existing else report.added).append(image_id)
+@dataclass
+class Importer:
+    """Imports files one by one into a store, recording what happened in a report."""
+
+    store: Store
+    embedder: Embedder
+    instance: Instance
+    report: ImportReport
+
+    def one(self, path: Path) -> None:
+        """Import one file (or count it unchanged, or skip it with the reason)."""
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            self.report.skipped.append((str(path), "not an image file"))
+            return
+        st = path.stat()
+        source = (str(path), st.st_size, st.st_mtime)
+        existing = self.store.image_by_source(str(path))
+        if existing and existing.source_size == st.st_size and existing.source_mtime == st.st_mtime:
+            self.report.unchanged += 1
+            return
+        try:
+            image = load_rgb(path)
+        except BadRequest as e:
+            self.report.skipped.append((str(path), getattr(e, "reason", str(e))))
+            return
+        sha = sha256_file(path)
+        if self._already_here(existing, sha, source):
+            self.report.unchanged += 1
+            return
+        vector = self.embedder.pixels([image])[0]
+        self._record(path, image.size, sha, source, vector, existing)
+
+    def _already_here(self, existing: ImageRow | None, sha: str, source: tuple) -> bool:
+        if existing and existing.sha256 == sha:  # touched, not changed
+            self.store.update_source(existing.id, source)
+            return True
+        same = self.store.image_by_sha256(sha)
+        if same and not existing:  # these bytes are in the gallery already
+            if same.source_path is None:
+                self.store.update_source(same.id, source)
+            return True
+        return False
+
+    def _record(self, path: Path, size: tuple[int, int], sha: str, source: tuple, vector, existing) -> None:
+        rel = copy_in(path, self.instance, sha)
+        recipe_json, prompt = _recipe_of(path)
+        if existing:
+            self._forget(existing)
+        image_id = self.store.add_image(NewImage(
+            path=rel, width=size[0], height=size[1], recipe_json=recipe_json, prompt=prompt, kind="imported",
+            sha256=sha, source_path=source[0], source_size=source[1], source_mtime=source[2]),
+            Embedding(self.embedder.id, vector))
+        (self.report.updated if existing else self.report.added).append(image_id)
+
+    def _forget(self, row: ImageRow) -> None:
+        # The file's old version: its row goes, and its copy too unless another row shares it.
+        old = self.store.delete_image(row.id)
+        in_use = self.store.paths_in_use(old)
+        for rel in old:
+            if rel not in in_use:
+                (self.instance.root / rel).unlink(missing_ok=True)
+

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from generate.errors import BadRequest
+from gallery.errors import BadRequest
+from gallery.store import Filters, ImageRow, Store
 
+from .embed import Embedder
 from .index import GalleryIndex
 
 MAX_QUERY_CHARS = 1000
@@ -28,18 +29,7 @@ class Hit:
 
     id: int
     score: float
-    row: dict
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Restrictions on which images a search may return."""
-
-    starred: bool = False
-    job_id: int | None = None
-    since: str | None = None
-    until: str | None = None
-    keyword: str | None = None
+    row: ImageRow
 
 
 def parse_query(text: str) -> list[tuple[str, float]]:
@@ -69,13 +59,12 @@ def parse_query(text: str) -> list[tuple[str, float]]:
 
 
 class Searcher:
-    """Answers queries over one CLIP's embeddings in the store."""
+    """Answers queries over one CLIP's embeddings in the store, through an index of them."""
 
-    def __init__(self, store, embedder, index_folder: Path, exact_below: int | None = None):
+    def __init__(self, store: Store, embedder: Embedder, index: GalleryIndex):
         self.store = store
         self.embedder = embedder
-        self.index = GalleryIndex(store, embedder.id, index_folder,
-                                  **({} if exact_below is None else {"exact_below": exact_below}))
+        self.index = index
 
     def text_vector(self, query: str) -> np.ndarray:
         """The unit query vector of a phrase or of text arithmetic."""
@@ -94,8 +83,8 @@ class Searcher:
         v = self.store.embedding(image_id, self.embedder.id)
         if v is None:
             raise BadRequest(f"image {image_id} has no {self.embedder.id} embedding yet; run: cli.py index")
-        family = {image_id} | ({row["parent_id"]} if row["parent_id"] else set())
-        family |= {c["id"] for c in self.store.children(image_id)}
+        family = {image_id} | ({row.parent_id} if row.parent_id else set())
+        family |= {c.id for c in self.store.children(image_id)}
         return self._run(v, k, offset, filters, exclude=family)
 
     def _run(self, vector: np.ndarray, k: int, offset: int, filters: Filters, exclude: set) -> list[Hit]:
@@ -103,12 +92,11 @@ class Searcher:
             raise BadRequest(f"k must be from 1 to {MAX_K}, not {k}")
         if offset < 0:
             raise BadRequest(f"offset must not be negative, not {offset}")
-        allowed = self.store.filter_ids(starred=filters.starred, job_id=filters.job_id, since=filters.since,
-                                        until=filters.until, keyword=filters.keyword)
+        allowed = self.store.filter_ids(filters)
         if allowed is not None and exclude:
             allowed = [i for i in allowed if i not in exclude]
         ids, scores = self.index.search(vector, offset + k + len(exclude), allowed)
         pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in exclude][offset:offset + k]
-        rows = {r["id"]: r for r in self.store.images_by_ids([i for i, _ in pairs])}
+        rows = {r.id: r for r in self.store.images_by_ids([i for i, _ in pairs])}
         # A row deleted since the index last synced is simply not returned.
         return [Hit(i, s, rows[i]) for i, s in pairs if i in rows]

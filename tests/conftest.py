@@ -32,10 +32,18 @@ def instance(tmp_path) -> Path:
 
 
 @pytest.fixture
-def store(instance):
+def inst(instance):
+    """The temp instance folder as the Instance object the library takes."""
+    from gallery.instance import Instance
+
+    return Instance(instance)
+
+
+@pytest.fixture
+def store(inst):
     from gallery.store import Store
 
-    s = Store(instance / "gallery.db")
+    s = Store(inst.db_path)
     yield s
     s.close()
 
@@ -43,9 +51,10 @@ def store(instance):
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """Tiny models loaded once for the whole session (they are read-only)."""
+    from gallery.instance import Instance
     from generate.models import ModelCache
 
-    cache = ModelCache(tmp_path_factory.mktemp("models-instance"), progress=False)
+    cache = ModelCache(Instance(tmp_path_factory.mktemp("models-instance")), progress=False)
     yield cache
     cache.close()
 
@@ -66,9 +75,17 @@ def cli(instance):
 
 
 def tiny_recipe(prompt="a red circle on a white background", **kw):
-    """The tiny preset's recipe with the CLI's tiny defaults."""
-    from cli import TINY_DEFAULTS
+    """A tiny-preset recipe, completed with the preset's defaults as a submitted job's is."""
     from gallery.recipe import Recipe
+    from generate.diffusion import complete
 
-    settings = {**TINY_DEFAULTS, **kw}
-    return Recipe(prompt=prompt, model="tiny", **settings)
+    return complete(Recipe(prompt=prompt, model="tiny", **kw))
+
+
+def new_image(job_id=None, idx=None, path=None, **kw):
+    """A NewImage with the fields tests do not care about filled in."""
+    from gallery.store import NewImage
+
+    fields = dict(path=path or f"images/job{job_id or 0:06d}/{idx or 0:05d}.png", width=32, height=32,
+                  recipe_json="{}", prompt="p", job_id=job_id, idx=idx, seed=idx)
+    return NewImage(**{**fields, **kw})

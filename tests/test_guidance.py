@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_recipe
 from generate.guidance import make_cutouts, spherical_dist_loss
-from generate.jobs import Generator, to_uint8
+from generate.diffusion import Generator, to_uint8
 
 SEEDS = list(range(100, 108))
 

@@ -1,11 +1,11 @@
 """Jobs end to end on the tiny preset: files, rows, recipes, resume after SIGKILL, reproduce, cancel."""
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,15 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, tiny_recipe
+from gallery.instance import Instance
 from gallery.recipe import read_png_recipe
-from generate.jobs import JobRunner, job_dir
-from generate.worker import Worker
+from generate.queue import GenerateRunner, Worker
 
 GEN = ["generate", "--model", "tiny", "--steps", "6", "-p", "a green star on a black background"]
 
 
 def files_of(instance, job_id):
-    return sorted(p.relative_to(instance).as_posix() for p in job_dir(instance, job_id).iterdir())
+    return sorted(p.relative_to(instance).as_posix() for p in Instance(instance).job_dir(job_id).iterdir())
 
 
 def test_generate_job_end_to_end(cli, instance, store):
@@ -30,21 +30,21 @@ def test_generate_job_end_to_end(cli, instance, store):
     job = store.list_jobs()[0]
     assert (job.status, job.done, job.n, job.seed) == ("done", 3, 3, 40)
     rows = store.images_for_job(job.id)
-    assert [r["seed"] for r in rows] == [40, 41, 42]
-    expected = sorted([r["path"] for r in rows] + [r["animation_path"] for r in rows])
+    assert [r.seed for r in rows] == [40, 41, 42]
+    expected = sorted([r.path for r in rows] + [r.animation_path for r in rows])
     assert files_of(instance, job.id) == expected
     for r in rows:
-        recipe, extra = read_png_recipe(instance / r["path"])
-        assert recipe.seed == r["seed"] and recipe.prompt == "a green star on a black background"
+        recipe, extra = read_png_recipe(instance / r.path)
+        assert recipe.seed == r.seed and recipe.prompt == "a green star on a black background"
         assert recipe.steps == 6 and recipe.model == "tiny" and recipe.clip_model == "tiny"
-        assert extra["job"] == job.id and extra["index"] == r["idx"]
-        assert json.loads(r["recipe"]) == recipe.to_dict()
-        emb = store.embedding(r["id"])
+        assert extra["job"] == job.id and extra["index"] == r.idx
+        assert json.loads(r.recipe) == recipe.to_dict()
+        emb = store.embedding(r.id)
         assert emb.shape == (64,) and abs(float(np.linalg.norm(emb)) - 1) < 1e-5
         import imageio.v3 as iio
-        frames = iio.imread(instance / r["animation_path"])  # every 2nd of 6 steps + final, + a hold
+        frames = iio.imread(instance / r.animation_path)  # every 2nd of 6 steps + final, + a hold
         assert frames.ndim == 4 and frames.shape[0] >= 4 and frames.shape[1] >= 256
-    shown = cli("show", rows[0]["id"])
+    shown = cli("show", rows[0].id)
     assert "a green star on a black background" in shown.output and '"seed": 40' in shown.output
     listed = cli("jobs")
     assert f"{job.id}" in listed.output and "done" in listed.output and "3/3" in listed.output
@@ -69,20 +69,33 @@ def _done_count(db: Path) -> int:
         conn.close()
 
 
+def _kill_inside_image(proc, image: int, steps: int, n: int) -> None:
+    """Read the job's progress bar (fed by the runner's progress callback) and SIGKILL the
+    process as soon as it reports the first steps of image ``image`` (counting from 1)."""
+    seen = b""
+    while proc.poll() is None:
+        chunk = proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else proc.stderr.read(1)
+        if not chunk:
+            break
+        seen += chunk
+        done = [int(m) for m in re.findall(rb"\| *(\d+)/%d \[" % (n * steps), seen[-400:])]
+        if done and (image - 1) * steps < done[-1] < image * steps - 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_ends_with_exactly_n_images(instance):
-    n, seed = 6, 5
-    cmd = [sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), *GEN, "--n", str(n), "--seed", str(seed)]
+    n, seed, steps = 6, 5, 12
+    gen = [*GEN[:4], str(steps), *GEN[5:]]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), *gen, "--n", str(n), "--seed", str(seed)]
     env = {**os.environ, "CLIP_CURATOR_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while _done_count(instance / "gallery.db") < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # land somewhere inside the next image
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _kill_inside_image(proc, 3, steps, n)
+    assert proc.returncode == -signal.SIGKILL, "the job must be killed part-way"
     killed_at = _done_count(instance / "gallery.db")
-    assert 2 <= killed_at < n, "the job must be killed part-way"
+    assert killed_at == 2, "killed inside the third image: the first two are recorded, no more"
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{killed_at}/{n} images already done" in rerun.stderr
@@ -99,14 +112,14 @@ def test_sigkill_then_rerun_ends_with_exactly_n_images(instance):
 def test_reproduce_from_the_gallery_and_from_the_png_alone(cli, instance, store, tmp_path):
     assert cli(*GEN, "--n", "1", "--seed", "77").exit_code == 0
     row = store.images_for_job(1)[0]
-    result = cli("reproduce", row["id"], "-o", tmp_path / "again.png")
+    result = cli("reproduce", row.id, "-o", tmp_path / "again.png")
     assert result.exit_code == 0 and "identical pixels" in result.output, result.output
-    original = np.asarray(Image.open(instance / row["path"]))
+    original = np.asarray(Image.open(instance / row.path))
     assert np.array_equal(original, np.asarray(Image.open(tmp_path / "again.png")))
     # The file alone, copied out of the gallery, into an instance with no database.
     lone = tmp_path / "elsewhere" / "lone.png"
     lone.parent.mkdir()
-    lone.write_bytes((instance / row["path"]).read_bytes())
+    lone.write_bytes((instance / row.path).read_bytes())
     from click.testing import CliRunner
     from cli import main
     r2 = CliRunner().invoke(main, ["--instance", str(tmp_path / "empty"), "reproduce", str(lone), "-o",
@@ -115,7 +128,33 @@ def test_reproduce_from_the_gallery_and_from_the_png_alone(cli, instance, store,
     assert not (tmp_path / "empty" / "gallery.db").exists()
 
 
-def test_cancel_stops_after_the_current_image_and_keeps_what_finished(store, models):
+def test_reproduce_without_an_output_file_never_writes_into_a_job_folder(cli, instance, store):
+    assert cli(*GEN, "--n", "1", "--seed", "3").exit_code == 0
+    row = store.images_for_job(1)[0]
+    before = files_of(instance, 1)
+    result = cli("reproduce", row.id)
+    assert result.exit_code == 0 and "identical pixels" in result.output, result.output
+    out = instance / "reproduced" / (Path(row.path).stem + "-reproduced.png")
+    assert out.is_file() and str(out) in result.output
+    assert files_of(instance, 1) == before  # nothing a resume would sweep away
+
+
+def test_reproduce_refuses_oversized_files_and_recipes_of_the_wrong_types_in_one_line(cli, tmp_path):
+    from PIL import PngImagePlugin
+
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("clip-curator:recipe", json.dumps({"prompt": 5, "image_prompts": 5, "model": ["x"]}))
+    typed = tmp_path / "typed.png"
+    Image.new("RGB", (8, 8)).save(typed, pnginfo=info)
+    for path, words in ((huge, "over the limit of"), (typed, "prompt must be")):
+        result = cli("reproduce", path)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and words in lines[0], result.output
+
+
+def test_cancel_stops_after_the_current_image_and_keeps_what_finished(store, inst, models):
     recipe = tiny_recipe(steps=6)
     job = store.create_job("generate", recipe.to_json(), 50, 0)
     from gallery.store import Store
@@ -125,7 +164,7 @@ def test_cancel_stops_after_the_current_image_and_keeps_what_finished(store, mod
         if p.done >= 1:
             other.request_cancel(job)
 
-    status = JobRunner(store, models, "cpu", on_progress=on_progress, heartbeat_s=0).run(job)
+    status = GenerateRunner(store, inst, models, "cpu", on_progress=on_progress, heartbeat_s=0).run(job)
     assert status == "cancelled"
     j = store.get_job(job)
     assert j.status == "cancelled" and 1 <= j.done < 50
@@ -133,22 +172,22 @@ def test_cancel_stops_after_the_current_image_and_keeps_what_finished(store, mod
     other.close()
 
 
-def test_worker_records_a_failing_job_and_runs_the_next(store, models, tmp_path):
+def test_worker_records_a_failing_job_and_runs_the_next(store, inst, models, tmp_path):
     init = tmp_path / "init.png"
     Image.new("RGB", (32, 32), (200, 0, 0)).save(init)
     bad = store.create_job("generate", tiny_recipe(steps=4, init_image=str(init), skip_timesteps=2).to_json(), 1, 0)
     init.unlink()  # gone by the time the worker gets to it
     good = store.create_job("generate", tiny_recipe(steps=4).to_json(), 1, 0)
     events = []
-    Worker(store, models, "cpu", on_event=events.append).run(once=True)
+    Worker(store, inst, models, "cpu", on_event=events.append).run(once=True)
     assert store.get_job(bad).status == "failed" and "image file not found" in store.get_job(bad).error
     assert store.get_job(good).status == "done" and store.get_job(good).done == 1
     assert any("failed" in e for e in events)
 
 
-def test_worker_resumes_a_job_whose_worker_died(store, models):
+def test_worker_resumes_a_job_whose_worker_died(store, inst, models):
     job = store.create_job("generate", tiny_recipe(steps=4).to_json(), 2, 9)
     store.claim_job(job, "elsewhere:1")
     store.conn.execute("UPDATE jobs SET heartbeat = heartbeat - 3600 WHERE id = ?", (job,))
-    Worker(store, models, "cpu").run(once=True)
+    Worker(store, inst, models, "cpu").run(once=True)
     assert store.get_job(job).status == "done" and store.get_job(job).done == 2

@@ -1,6 +1,6 @@
 import pytest
 
-from generate.errors import BadRequest
+from gallery.errors import BadRequest
 from generate.prompts import parse_image_prompt, parse_prompt
 
 
@@ -30,3 +30,12 @@ def test_image_prompt_refs():
     assert parse_image_prompt("12").image_id == 12
     ref = parse_image_prompt("dir/owl.png:0.5")
     assert (ref.ref, ref.weight, ref.image_id) == ("dir/owl.png", 0.5, None)
+
+
+def test_a_recipe_with_a_malformed_prompt_is_refused_before_anything_is_recorded(inst):
+    from gallery.recipe import Recipe
+    from generate.diffusion import prepare
+
+    with pytest.raises(BadRequest, match="malformed weight"):
+        prepare(Recipe(prompt="a:b", model="tiny"), inst)
+    assert not inst.db_path.exists()

@@ -4,12 +4,14 @@ import random
 import pytest
 import torch
 
-from generate.errors import BadRequest
+from gallery.errors import BadRequest
 from generate.tiny.shapes import Drawing, draw
+from gallery.instance import Instance
 from search.embed import Embedder
 from search.importer import import_folder
 from search.index import GalleryIndex
-from search.query import Filters, Searcher, parse_query
+from gallery.store import Filters
+from search.query import Searcher, parse_query
 
 COLOURS = ["red", "blue", "green", "yellow"]
 SHAPES = ["circle", "square"]
@@ -37,21 +39,25 @@ def drawn(tmp_path):
     return folder, truth
 
 
+def searcher_of(store, embedder, instance):
+    return Searcher(store, embedder, GalleryIndex(store, embedder.id, instance / "index"))
+
+
 def _truth_of(row, truth):
-    return truth[row["source_path"].rsplit("/", 1)[-1]]
+    return truth[row.source_path.rsplit("/", 1)[-1]]
 
 
 @pytest.fixture
 def gallery(store, embedder, instance, drawn):
     folder, truth = drawn
-    report = import_folder(store, embedder, instance, folder)
+    report = import_folder(store, embedder, Instance(instance), folder)
     assert len(report.added) == len(truth) and not report.skipped
     return truth
 
 
 @pytest.mark.parametrize("exact_below", [10_000, 0], ids=["exact", "hnsw"])
 def test_colour_query_ranks_that_colour_first(store, embedder, instance, gallery, exact_below):
-    searcher = Searcher(store, embedder, instance / "index", exact_below=exact_below)
+    searcher = Searcher(store, embedder, GalleryIndex(store, embedder.id, instance / "index", exact_below=exact_below))
     for colour in ("red", "blue"):
         hits = searcher.text(colour, k=6)
         got = [_truth_of(h.row, gallery).colour for h in hits]
@@ -62,17 +68,17 @@ def test_colour_query_ranks_that_colour_first(store, embedder, instance, gallery
 
 
 def test_more_like_a_red_circle_returns_red_circles_first(store, embedder, instance, gallery):
-    searcher = Searcher(store, embedder, instance / "index")
+    searcher = searcher_of(store, embedder, instance)
     red_circle = next(r for r in store.images_by_ids(range(1, 100))
                       if _truth_of(r, gallery) == Drawing("red", "circle", "white"))
-    hits = searcher.like(red_circle["id"], k=3)
-    assert red_circle["id"] not in [h.id for h in hits]
+    hits = searcher.like(red_circle.id, k=3)
+    assert red_circle.id not in [h.id for h in hits]
     top = [_truth_of(h.row, gallery) for h in hits]
     assert [(d.colour, d.shape) for d in top[:2]] == [("red", "circle")] * 2, top
 
 
 def test_filters_and_paging(store, embedder, instance, gallery):
-    searcher = Searcher(store, embedder, instance / "index")
+    searcher = searcher_of(store, embedder, instance)
     blue = [h.id for h in searcher.text("blue", k=24)]
     store.star(blue[-1])
     starred = searcher.text("blue", k=5, filters=Filters(starred=True))
@@ -82,7 +88,7 @@ def test_filters_and_paging(store, embedder, instance, gallery):
 
 
 def test_prompt_keyword_filter_uses_fts(store, embedder, instance, gallery):
-    searcher = Searcher(store, embedder, instance / "index")
+    searcher = searcher_of(store, embedder, instance)
     ids = [h.id for h in searcher.text("red", k=3)]
     store.conn.execute("UPDATE images SET prompt = 'an owl, watercolor' WHERE id = ?", (ids[2],))
     hits = searcher.text("red", k=5, filters=Filters(keyword='owl "'))
@@ -90,28 +96,27 @@ def test_prompt_keyword_filter_uses_fts(store, embedder, instance, gallery):
 
 
 def test_text_arithmetic(store, embedder, instance, gallery):
-    searcher = Searcher(store, embedder, instance / "index")
+    searcher = searcher_of(store, embedder, instance)
     hits = searcher.text('"circle" + "red" - "blue"', k=3)
     assert all(_truth_of(h.row, gallery).colour == "red" for h in hits)
 
 
 @pytest.mark.parametrize("query", ["", "   ", "x" * 10_000, "!!! ??? ...", '"unclosed', '- "blue"'])
 def test_bad_queries_get_a_clear_error(query, store, embedder, instance, gallery):
-    searcher = Searcher(store, embedder, instance / "index")
+    searcher = searcher_of(store, embedder, instance)
     with pytest.raises(BadRequest):
         searcher.text(query)
 
 
 def test_incremental_add_and_delete_without_rebuild(store, embedder, instance, gallery, tmp_path):
     index = GalleryIndex(store, embedder.id, instance / "index", exact_below=0)
-    searcher = Searcher(store, embedder, instance / "index", exact_below=0)
-    searcher.index = index
+    searcher = Searcher(store, embedder, index)
     searcher.text("red", k=3)
     assert index.rebuilt  # first build
     extra = tmp_path / "extra"
     extra.mkdir()
     draw(Drawing("purple", "star", "white"), 32, random.Random(5)).save(extra / "purple.png")
-    new_id = import_folder(store, embedder, instance, extra).added[0]
+    new_id = import_folder(store, embedder, Instance(instance), extra).added[0]
     hits = searcher.text("purple", k=1)
     assert hits[0].id == new_id and not index.rebuilt  # topped up, not rebuilt
     store.delete_image(new_id)
@@ -156,20 +161,20 @@ def test_import_names_bad_files_and_second_run_embeds_nothing(store, embedder, i
     (folder / "notes.txt").write_text("not an image")
     jpg = folder / "photo.jpg"
     draw(Drawing("green", "star", "black"), 32).save(jpg)
-    first = import_folder(store, embedder, instance, folder)
+    first = import_folder(store, embedder, Instance(instance), folder)
     assert len(first.added) == len(truth) + 1
     skipped = dict(first.skipped)
     assert set(skipped) == {str((folder / "corrupt.png").resolve()), str((folder / "notes.txt").resolve())}
 
     calls = []
-    real = embedder.files
-    embedder.files = lambda paths, progress=None: calls.append(paths) or real(paths, progress)
-    second = import_folder(store, embedder, instance, folder)
+    real = embedder.pixels
+    embedder.pixels = lambda images: calls.append(images) or real(images)
+    second = import_folder(store, embedder, Instance(instance), folder)
     assert second.added == [] and second.updated == [] and calls == []
     assert second.unchanged == len(truth) + 1
     # A changed file is re-embedded, in place of its old row.
     draw(Drawing("red", "star", "white"), 32).save(jpg)
-    third = import_folder(store, embedder, instance, folder)
+    third = import_folder(store, embedder, Instance(instance), folder)
     assert len(third.updated) == 1 and len(calls) == 1
     assert store.count_images() == len(truth) + 1
 
@@ -183,12 +188,33 @@ def test_recipe_is_read_from_imported_pngs(store, embedder, instance, tmp_path):
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "a.png",
                                                    pnginfo=png_info(Recipe(prompt="an owl", seed=4)))
-    image_id = import_folder(store, embedder, instance, folder).added[0]
+    image_id = import_folder(store, embedder, Instance(instance), folder).added[0]
     row = store.get_image(image_id)
-    assert row["prompt"] == "an owl" and '"seed":4' in row["recipe"]
-    assert (instance / row["path"]).is_file() and str(instance) not in row["path"]
+    assert row.prompt == "an owl" and '"seed":4' in row.recipe
+    assert (instance / row.path).is_file() and str(instance) not in row.path
 
 
 def test_parse_query_terms():
     assert parse_query('"owl" + "watercolor" - "photo"') == [("owl", 1.0), ("watercolor", 1.0), ("photo", -1.0)]
     assert parse_query("child's drawing") == [("child's drawing", 1.0)]
+
+
+def test_import_skips_oversized_files_and_link_loops_by_name_and_goes_on(store, embedder, instance, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    draw(Drawing("red", "circle", "white"), 32).save(folder / "a-good.png")
+    Image.new("1", (20000, 20000)).save(folder / "b-huge.png")  # 400 megapixels, small on disk
+    draw(Drawing("blue", "square", "white"), 32).save(folder / "c-good.png")
+    (folder / "loop").symlink_to(folder / "loop")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to(folder)  # a folder link leading back up
+    report = import_folder(store, embedder, Instance(instance), folder)
+    assert len(report.added) == 2
+    skipped = dict(report.skipped)
+    assert "over the limit of" in skipped[str((folder / "b-huge.png").resolve())]
+    assert skipped[str(folder / "loop")] == "symbolic link loop"
+    assert skipped[str(folder / "gone.png")] == "broken symbolic link"
+    assert any("link loop" in why for path, why in report.skipped if path.endswith("up"))

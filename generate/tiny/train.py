@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gallery.files import atomic_write, sha256_file
+
 from .. import presets as P
 from ..models import build_diffusion, build_unet
 from .shapes import COLOURS, SHAPES, dataset
@@ -53,11 +55,12 @@ def soft_clip_loss(img_f, txt_f, scale, facts, asserted):
 
 
 def save_fp16(state: dict, path: Path) -> None:
-    """Write a state dict with floating tensors in fp16 (loading casts back to the model's dtype)."""
+    """Write a state dict with floating tensors in fp16 (loading casts back to the model's dtype), atomically."""
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(half, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(half, tmp)
+    # The presets verify the committed files by size and checksum: new weights need new figures there.
+    print(f"{path.name}: size={path.stat().st_size}, sha256={sha256_file(path)} (update generate/presets.py)")
 
 
 def train_clip(steps: int, seed: int, out: Path, batch: int = 256) -> None:
