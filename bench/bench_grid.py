@@ -97,19 +97,18 @@ def main(argv=None) -> int:
 
     from flask import render_template
 
-    from gallery import create_app
-    from gallery.web import get_store
+    from gallery.store import Filters, ImageRow
+    from gallery.web import create_app
+    from gallery.web.context import get_store
 
     app = create_app({"INSTANCE": str(instance)})
 
     @app.route("/offset-baseline")
     def offset_baseline():  # the same deep page, fetched the way keyset pagination avoids
-        store = get_store()
-        rows = store._rows(f"SELECT {store.GRID_COLUMNS} FROM images ORDER BY id DESC LIMIT 60 OFFSET ?",
-                           (a.rows - 1000,))
-        f = {"starred": False, "job_id": None, "keyword": None}
-        return render_template("browse/grid.html", images=rows, hits=None, q="", filters=f, error=None,
-                               next_before=rows[-1]["id"], page=1, favourites=False)
+        rows = [ImageRow.from_row(r) for r in get_store().conn.execute(
+            "SELECT * FROM images ORDER BY id DESC LIMIT 60 OFFSET ?", (a.rows - 1000,))]
+        return render_template("browse/grid.html", images=rows, hits=None, q="", filters=Filters(), error=None,
+                               next_before=rows[-1].id, page=1, favourites=False)
 
     client = app.test_client()
     figures = [

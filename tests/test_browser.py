@@ -22,21 +22,21 @@ XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, models):
     """A gallery with drawn imports and a generated job, served on 127.0.0.1 with a worker."""
-    from werkzeug.serving import make_server
+    from waitress.server import create_server
 
-    from gallery import create_app
+    from gallery.instance import Instance
     from gallery.store import Store
-    from generate.jobs import JobRunner
+    from gallery.web import create_app
+    from generate.queue import GenerateRunner, Worker
     from generate.tiny.shapes import Drawing, draw
-    from generate.worker import Worker
     from search.embed import Embedder
     from search.importer import import_folder
 
     os.environ["CLIP_CURATOR_OFFLINE"] = "1"
-    instance = tmp_path_factory.mktemp("site") / "instance"
-    instance.mkdir()
-    store = Store(instance / "gallery.db")
-    folder = instance.parent / "drawn"
+    instance = Instance(tmp_path_factory.mktemp("site") / "instance")
+    instance.root.mkdir()
+    store = Store(instance.db_path)
+    folder = instance.root.parent / "drawn"
     folder.mkdir()
     rng = random.Random(7)
     for i in range(3):
@@ -44,18 +44,17 @@ def site(tmp_path_factory, models):
         draw(Drawing("blue", "square", "white"), 32, rng).save(folder / f"blue-{i}.png")
     import_folder(store, Embedder(models.clip("tiny", torch.device("cpu"))), instance, folder)
     job = store.create_job("generate", tiny_recipe(XSS, steps=5).to_json(), 2, 21)
-    JobRunner(store, models, "cpu").run(job)
+    GenerateRunner(store, instance, models, "cpu").run(job)
 
-    app = create_app({"INSTANCE": str(instance)})
-    app.extensions["clip_curator"]["models"] = models
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    worker = Worker(Store(instance / "gallery.db"), models, "cpu")
+    app = create_app({"INSTANCE": str(instance.root)}, models=models)
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    worker = Worker(Store(instance.db_path), instance, models, "cpu")
     wt = threading.Thread(target=worker.run, kwargs={"poll_s": 0.2}, daemon=True)
     wt.start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}", "store": store, "instance": instance}
-    worker.stopping = True
-    server.shutdown()
+    yield {"url": f"http://127.0.0.1:{server.effective_port}", "store": store, "instance": instance}
+    worker.stop()
+    server.close()
     wt.join(timeout=60)
     store.close()
 
@@ -120,13 +119,13 @@ def test_star_by_key_and_by_click_persists_after_reload(site, browser):
     browser.save_screenshot(str(ARTIFACTS / "grid.png"))
     first, second = grid[0].get_attribute("data-id"), grid[1].get_attribute("data-id")
     browser.find_element(By.TAG_NAME, "body").send_keys("s")
-    wait_for(lambda: site["store"].get_image(int(first))["starred"] == 1, what="star by key")
+    wait_for(lambda: site["store"].get_image(int(first)).starred, what="star by key")
     grid[1].find_element(By.CSS_SELECTOR, "button.star").click()
-    wait_for(lambda: site["store"].get_image(int(second))["starred"] == 1, what="star by click")
+    wait_for(lambda: site["store"].get_image(int(second)).starred, what="star by click")
     # Clicking made the second cell the current one; the arrow key moves on from there.
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT, "s")
     third = cells(browser)[2].get_attribute("data-id")
-    wait_for(lambda: site["store"].get_image(int(third))["starred"] == 1, what="star after arrow keys")
+    wait_for(lambda: site["store"].get_image(int(third)).starred, what="star after arrow keys")
     browser.refresh()
     starred = {c.get_attribute("data-id") for c in cells(browser) if c.get_attribute("data-starred") == "1"}
     assert {first, second, third} <= starred
@@ -142,7 +141,7 @@ def test_search_by_phrase_finds_the_red_drawings(site, browser):
     box.send_keys("red circle", Keys.ENTER)
     wait_for(lambda: "q=red" in browser.current_url, what="search page")
     ids = [int(c.get_attribute("data-id")) for c in cells(browser)[:3]]
-    sources = [site["store"].get_image(i)["source_path"] or "" for i in ids]
+    sources = [site["store"].get_image(i).source_path or "" for i in ids]
     assert all(Path(s).name.startswith("red-") for s in sources), sources
 
 
@@ -150,10 +149,10 @@ def test_image_page_shows_recipe_and_escapes_the_prompt(site, browser):
     from selenium.webdriver.common.by import By
 
     row = site["store"].images_for_job(1)[0]
-    browser.get(site["url"] + f"/image/{row['id']}")
+    browser.get(site["url"] + f"/image/{row.id}")
     assert no_alert(browser)
     recipe = browser.find_element(By.CSS_SELECTOR, "table.recipe").text
-    assert f"seed {row['seed']}" in recipe and "steps 5" in recipe and "model tiny" in recipe
+    assert f"seed {row.seed}" in recipe and "steps 5" in recipe and "model tiny" in recipe
     assert browser.find_element(By.CSS_SELECTOR, "h1.prompt").text == XSS
     assert browser.find_elements(By.CSS_SELECTOR, "video.animation, img.animation")
     wait_for(lambda: images_loaded(browser), what="the image to load")
@@ -173,7 +172,7 @@ def test_queue_an_upscale_and_a_regeneration_and_watch_them_finish(site, browser
 
     store = site["store"]
     row = store.images_for_job(1)[1]
-    browser.get(site["url"] + f"/image/{row['id']}")
+    browser.get(site["url"] + f"/image/{row.id}")
     browser.find_element(By.CSS_SELECTOR, "button.upscale").click()
     wait_for(lambda: "queued as job" in browser.find_element(By.ID, "toast").text, what="upscale toast")
     form = browser.find_element(By.CSS_SELECTOR, "form.regenerate")
@@ -189,9 +188,9 @@ def test_queue_an_upscale_and_a_regeneration_and_watch_them_finish(site, browser
                 for r in rows}
     # The page updates itself from /api/jobs: no reload here.
     wait_for(lambda: list(statuses().values())[:2] == ["done", "done"], timeout=240, what="both jobs done")
-    up = store.upscale_of(row["id"], "x4plus")
-    assert up is not None and store.get_image(up)["width"] == 4 * row["width"]
+    up = store.upscale_of(row.id, "x4plus")
+    assert up is not None and store.get_image(up).width == 4 * row.width
     newest = store.list_jobs(limit=1)[0]
-    assert newest.kind == "generate" and newest.done == 1 and newest.params["parent"] == row["id"]
-    browser.get(site["url"] + f"/image/{row['id']}")
+    assert newest.kind == "generate" and newest.done == 1 and newest.params["parent"] == row.id
+    browser.get(site["url"] + f"/image/{row.id}")
     assert browser.find_element(By.CSS_SELECTOR, "a.child").get_attribute("href").endswith(f"/image/{up}")

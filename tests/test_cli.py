@@ -4,6 +4,7 @@ import pytest
 from cli import main
 
 TINY = ["--model", "tiny", "--steps", "4"]
+N_RANGE = "n must be a whole number from 1 to 10000"
 
 
 @pytest.mark.parametrize("args, words", [
@@ -11,17 +12,19 @@ TINY = ["--model", "tiny", "--steps", "4"]
     (["-p", "   "], "prompt is empty"),
     (["-p", "fish:abc"], "malformed weight"),
     (["-p", "fish:1|boat:-1"], "add up to zero"),
-    (["-p", "fish", "--n", "0"], "--n must be from 1"),
-    (["-p", "fish", "--n", "-5"], "--n must be from 1"),
-    (["-p", "fish", "--n", "100000000"], "--n must be from 1"),
+    (["-p", "fish", "--n", "0"], f"{N_RANGE}, not 0"),
+    (["-p", "fish", "--n", "-5"], f"{N_RANGE}, not -5"),
+    (["-p", "fish", "--n", "100000000"], f"{N_RANGE}, not 100000000"),
     (["-p", "fish", "--steps", "-3"], "steps must be"),
     (["-p", "fish", "--steps", "99999999"], "steps must be"),
     (["-p", "fish", "--guidance-scale", "-1"], "clip_guidance_scale must be"),
     (["-p", "fish", "--guidance-scale", "inf"], "clip_guidance_scale must be"),
     (["-p", "fish", "--cutn", "0"], "cutn must be"),
     (["-p", "fish", "--seed", "-1"], "seed must be"),
+    (["-p", "fish", "--seed", str(2 ** 63)], "seed must be"),
+    (["-p", "fish", "--seed", str(2 ** 63 - 2), "--n", "5"], "seed + n - 1 must be at most"),
     (["-p", "fish", "--batch-size", "1000"], "batch_size must be"),
-    (["-p", "fish", "--save-every", "0"], "--save-every must be"),
+    (["-p", "fish", "--save-every", "0"], "save_every must be"),
     (["-p", "fish", "--method", "euler"], "method must be"),
     (["-p", "fish", "--precision", "fp16"], "fp16 autocast is not supported on the CPU"),
     (["-p", "fish", "--device", "cuda:7"], "CUDA is not available"),
@@ -30,6 +33,8 @@ TINY = ["--model", "tiny", "--steps", "4"]
     (["-p", "fish", "--image-prompt", "12"], "image 12 doesn't exist"),
     (["-p", "fish", "--skip-steps", "2"], "needs an init image"),
     (["-p", "fish", "--checkpoint", "/no/such.pt"], "checkpoint not found"),
+    (["-p", "a\x00b"], "without control characters"),
+    (["-p", "fish", "--n", "many"], "'many' is not a valid integer"),
 ])
 def test_bad_generate_input(cli, instance, args, words):
     result = cli("generate", *TINY, *args)
@@ -52,16 +57,36 @@ def test_unreadable_init_and_unknown_preset_and_missing_weights(cli, instance):
     assert list(instance.iterdir()) == []
 
 
+def test_oversized_images_are_refused_in_one_line_naming_the_file_and_the_limit(cli, instance, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(big)  # 400 megapixels, a few kB on disk
+    for args in (["--init", str(big), "--skip-steps", "1"], ["--image-prompt", str(big)]):
+        result = cli("generate", *TINY, "-p", "fish", *args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert str(big) in lines[0] and "over the limit of" in lines[0]
+    assert list(instance.iterdir()) == []
+
+
 def test_bad_input_adds_no_job_to_an_existing_gallery(cli, store):
     assert cli("generate", *TINY, "-p", "fish", "--queue").exit_code == 0
     assert cli("generate", *TINY, "-p", "fish:x", "--queue").exit_code != 0
     assert len(store.list_jobs()) == 1
 
 
-def test_missing_ids(cli, store):
-    for cmd in (["show", "999"], ["reproduce", "999"]):
-        result = cli(*cmd)
-        assert result.exit_code != 0 and "image 999 doesn't exist" in result.output
+@pytest.mark.parametrize("cmd, words", [
+    (["show", "999"], "image 999 doesn't exist"), (["reproduce", "999"], "image 999 doesn't exist"),
+    (["show", str(2 ** 70)], f"image {2 ** 70} doesn't exist"), (["star", str(2 ** 70)], "doesn't exist"),
+    (["delete", "1", str(2 ** 64)], "doesn't exist"), (["jobs", "--status", "bogus"], "status must be one of"),
+    (["search", "red", "--since", "garbage"], "--since must be a date"),
+    (["search", "red", "--until", "2026-13-45"], "--until must be a date"),
+])
+def test_bad_ids_and_values_are_one_line(cli, store, cmd, words):
+    result = cli(*cmd)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and words in lines[0], result.output
 
 
 def test_every_command_has_help_with_an_example():

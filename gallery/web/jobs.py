@@ -1,23 +1,19 @@
 """The job queue page."""
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, render_template
 
-from .web import get_store
+from gallery.store import Job
+
+from .context import get_store
 
 bp = Blueprint("jobs", __name__)
 
 
-def job_dict(job) -> dict:
+def job_dict(job: Job) -> dict:
     """A job as the pages and the API show it."""
-    try:
-        prompt = json.loads(job.recipe).get("prompt", "")
-    except ValueError:
-        prompt = ""
     return {"id": job.id, "kind": job.kind, "status": job.status, "done": job.done, "n": job.n,
-            "step": job.step, "steps": job.steps, "prompt": prompt, "error": job.error, "created": job.created,
+            "step": job.step, "steps": job.steps, "prompt": job.prompt, "error": job.error, "created": job.created,
             "finished": job.finished, "cancel_requested": job.cancel_requested}
 
 

@@ -1,0 +1,199 @@
+"""Commands that make images: generate, the worker, jobs, reproduce, the demo, and model weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from gallery.errors import CuratorError
+from gallery.recipe import Recipe
+from gallery.store import JOB_STATUSES
+
+from .base import Ctx, command, device_option, need, progress_bar
+
+
+@command()
+@click.option("-p", "--prompt", required=True, help='Text prompt; weighted parts like "a:1|b:-0.5".')
+@click.option("--n", "n", default=1, show_default=True, type=int, help="How many images.")
+@click.option("--model", default="uncond-256", show_default=True, help="Diffusion preset (see `models`).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights for the preset's architecture.")
+@click.option("--clip", "clip_model", help="CLIP preset or open_clip MODEL/TAG (default: the preset's).")
+@click.option("--image-prompt", "image_prompts", multiple=True, help="Image file or gallery id as a target, PATH[:W].")
+@click.option("--init", "init_image", help="Init image file or gallery id.")
+@click.option("--skip-steps", "skip_timesteps", default=0, type=int, help="Steps to skip with --init.")
+@click.option("--seed", type=int, help="Seed of the first image (image i gets seed+i); random if unset.")
+@click.option("--steps", type=int, help="Sampling steps (timestep respacing; default: the preset's).")
+@click.option("--method", default="ddpm", show_default=True, help="ddpm or ddim.")
+@click.option("--eta", default=0.0, type=float, help="DDIM eta.")
+@click.option("--guidance-scale", "clip_guidance_scale", type=float, help="CLIP guidance scale.")
+@click.option("--tv-scale", type=float, help="Smoothness (total variation) loss scale.")
+@click.option("--range-scale", type=float, help="Out-of-range loss scale.")
+@click.option("--cutn", type=int, help="Random cutouts per step.")
+@click.option("--cut-pow", default=0.5, show_default=True, type=float, help="Cutout size power.")
+@click.option("--clip-denoised/--no-clip-denoised", default=None, help="Clamp the x0 prediction (default: the preset's).")
+@click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
+@click.option("--batch-size", default=1, show_default=True, type=int, help="Images sampled together.")
+@click.option("--save-every", type=int, help="Keep a frame every k steps for the animation.")
+@click.option("--queue", is_flag=True, help="Only queue the job, for a worker to run.")
+@click.option("--new", is_flag=True, help="Start a new job even if an identical one is unfinished.")
+@device_option
+def generate(c: Ctx, n, seed, save_every, queue, new, device, **settings):
+    """Generate N images for a prompt (resumes an identical unfinished job).
+
+    Example: clip-curator generate -p "a red circle on a white background" --model tiny --n 8
+    """
+    from generate.diffusion import resolve_precision
+    from generate.models import pick_device
+    from generate.queue import check_job, record_job
+
+    recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"])})
+    recipe, request = check_job(c.instance, recipe, {"n": n, "seed": seed, "save_every": save_every},
+                                c.existing_store(), fetch=True)
+    resolve_precision(recipe.precision, pick_device(device))
+    job = record_job(c.store(), recipe, request, resume=not new)
+    if job.resumed:
+        click.echo(f"resuming job {job.job_id}: {job.done}/{job.n} images already done", err=True)
+    else:
+        click.echo(f"job {job.job_id}: {n} image(s) of {recipe.prompt!r}, seeds {job.seed}..{job.seed + n - 1}",
+                   err=True)
+    if queue:
+        click.echo(job.job_id)
+        return
+    _run_job(c, job.job_id, device)
+
+
+def _run_job(c: Ctx, job_id: int, device: str) -> None:
+    from generate.queue import GenerateRunner
+
+    on_progress, close = progress_bar()
+    models = c.models()
+    try:
+        status = GenerateRunner(c.store(), c.instance, models, device, on_progress=on_progress).run(job_id)
+    finally:
+        close()
+        models.close()
+    job = c.store().get_job(job_id)
+    click.echo(f"job {job_id}: {status}, {job.done}/{job.n} images in {c.instance.images_dir}", err=True)
+    if status != "done":
+        raise click.ClickException(f"job {job_id} {status}")
+
+
+@command()
+@click.option("--once", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--poll", default=2.0, show_default=True, help="Seconds between looks at an empty queue.")
+@device_option
+def worker(c: Ctx, once, poll, device):
+    """Run queued jobs, and resume jobs whose worker died.
+
+    Example: clip-curator worker --once
+    """
+    from generate.queue import Worker
+
+    on_progress, close = progress_bar()
+    models = c.models()
+    w = Worker(c.store(), c.instance, models, device, on_progress=on_progress,
+               on_event=lambda m: click.echo(m, err=True))
+    try:
+        w.run(once=once, poll_s=poll)
+    except KeyboardInterrupt:
+        click.echo("worker stopped; running jobs resume on the next start", err=True)
+    finally:
+        close()
+        models.close()
+
+
+@command()
+@click.option("--status", help="Only jobs with this status (queued, running, done, failed, cancelled).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs(c: Ctx, status, limit, as_json):
+    """List jobs, newest first.
+
+    Example: clip-curator jobs --status running
+    """
+    need(status is None or status in JOB_STATUSES, f"status must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
+    store = c.existing_store()
+    for j in store.list_jobs(status, limit) if store else []:
+        if as_json:
+            click.echo(json.dumps({"id": j.id, "kind": j.kind, "status": j.status, "done": j.done, "n": j.n,
+                                   "prompt": j.prompt, "error": j.error, "created": j.created}))
+        else:
+            line = f"{j.id:>5}  {j.kind:<8} {j.status:<9} {j.done:>4}/{j.n:<4} {j.prompt[:60]}"
+            click.echo(line + (f"  ({j.error})" if j.error else ""))
+
+
+@command()
+@click.argument("source")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the new PNG (default: the instance's reproduced/ folder).")
+@device_option
+def reproduce(c: Ctx, source, out, device):
+    """Regenerate an image from its recipe: a gallery id, or any PNG clip-curator wrote.
+
+    Example: clip-curator reproduce 12 -o again.png
+    """
+    from generate.reproduce import reproduce as run
+
+    models = c.models()
+    try:
+        result = run(source, c.instance, c.existing_store(), models, device, out)
+    finally:
+        models.close()
+    diff = result.max_difference
+    click.echo(f"{result.path}: {'identical pixels' if diff == 0 else f'max pixel difference {diff}'}")
+
+
+@command()
+@click.option("--n", "n", default=8, show_default=True, type=int, help="Images in the demo job.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@device_option
+def demo(c: Ctx, n, seed, device):
+    """Offline demo: a job on the tiny preset, with animations, into the instance folder.
+
+    Example: clip-curator demo --n 8
+    """
+    # click fills every other option of `generate` with its declared default.
+    click.get_current_context().invoke(generate, prompt="a red circle on a blue background", n=n, model="tiny",
+                                       seed=seed, device=device, save_every=1)
+    store = c.store()
+    for row in store.images_for_job(store.list_jobs(limit=1)[0].id):
+        click.echo(f"{row.id:>5}  {c.instance.root / row.path}  {c.instance.root / row.animation_path}")
+
+
+@command()
+@click.argument("model", required=False)
+@click.option("--clip", "clip_model", help="A CLIP preset or open_clip MODEL/TAG to fetch as well.")
+def fetch(c: Ctx, model, clip_model):
+    """Download a model preset's weights (and its CLIP's) into the instance's model cache.
+
+    Example: clip-curator fetch uncond-256
+    """
+    from generate.diffusion import fetch_weights
+    from generate.presets import clip_spec
+    from generate.weights import fetch_clip
+
+    need(model is not None or clip_model is not None, "name a model preset, or --clip NAME")
+    if model is not None:
+        fetch_weights(Recipe(prompt="-", model=model, clip_model=clip_model), c.instance)
+    else:
+        fetch_clip(clip_spec(clip_model), c.instance)
+    click.echo(f"weights are in {c.instance.models_dir}")
+
+
+@command()
+def models(c: Ctx):
+    """List the model presets, their size, their default CLIP and whether their weights are here.
+
+    Example: clip-curator models
+    """
+    from generate.presets import DIFFUSION_PRESETS
+    from generate.weights import locate_diffusion
+
+    for p in DIFFUSION_PRESETS.values():
+        try:
+            where = str(locate_diffusion(p, c.instance))
+        except CuratorError:
+            where = f"not downloaded (clip-curator fetch {p.name})"
+        click.echo(f"{p.name:<12} {p.image_size}x{p.image_size}  clip {p.clip:<9} {p.description}\n"
+                   f"{'':<12} weights: {where}")

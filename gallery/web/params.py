@@ -1,0 +1,47 @@
+"""The site's query strings, each validated by one schema (a bad value is a 400 with one line)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from flask import request
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from gallery.store import Filters
+from gallery.store.rows import SQLITE_INT_MAX
+from gallery.validate import Whole, parse
+
+Id = Annotated[Whole, Field(ge=1, le=SQLITE_INT_MAX, description="an image or job id (a whole number from 1)")]
+Page = Annotated[Whole, Field(ge=1, le=100_000, description="a page number from 1")]
+
+
+class GridQuery(BaseModel):
+    """?before=ID&starred=1&job=ID&keyword=WORDS&q=PHRASE&page=N&like=ID&k=N&limit=N"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    before: Id | None = None
+    starred: Annotated[bool, Field(description="1 or 0")] = False
+    job: Id | None = None
+    keyword: Annotated[StrictStr | None, Field(max_length=200, description="words of at most 200 characters")] = None
+    q: Annotated[StrictStr | None, Field(max_length=1000, description="a phrase of at most 1000 characters")] = None
+    page: Page = 1
+    like: Id | None = None
+    k: Annotated[Whole, Field(ge=1, le=500, description="a whole number from 1 to 500")] = 24
+    limit: Annotated[Whole, Field(ge=1, le=500, description="a whole number from 1 to 500")] = 60
+
+    @property
+    def filters(self) -> Filters:
+        """The filters these parameters set."""
+        keyword = (self.keyword or "").strip() or None
+        return Filters(starred=self.starred, job_id=self.job, keyword=keyword)
+
+    @property
+    def phrase(self) -> str:
+        """The search phrase ('' when browsing)."""
+        return (self.q or "").strip()
+
+
+def grid_query() -> GridQuery:
+    """This request's query string, validated."""
+    args = {k: v for k, v in request.args.items() if v != ""}
+    return parse(GridQuery, args)
