@@ -49,7 +49,7 @@ def site(tmp_path_factory, models):
     app = create_app({"INSTANCE": str(instance.root)}, models=models)
     server = create_server(app, host="127.0.0.1", port=0, threads=8)
     threading.Thread(target=server.run, daemon=True).start()
-    worker = Worker(Store(instance.db_path), instance, models, "cpu")
+    worker = Worker.standard(Store(instance.db_path), instance, models, "cpu")
     wt = threading.Thread(target=worker.run, kwargs={"poll_s": 0.2}, daemon=True)
     wt.start()
     yield {"url": f"http://127.0.0.1:{server.effective_port}", "store": store, "instance": instance}

@@ -92,3 +92,14 @@ def test_bad_ids_and_values_are_one_line(cli, store, cmd, words):
 def test_every_command_has_help_with_an_example():
     for name, command in main.commands.items():
         assert command.help and "Example:" in command.help, name
+
+
+def test_models_lists_what_is_here_and_fetch_says_what_it_cannot_do(cli, instance):
+    listed = cli("models").output
+    assert "tiny" in listed and "tiny-unet.pt" in listed
+    assert "uncond-256" in listed and "not downloaded (clip-curator fetch uncond-256)" in listed
+    offline = cli("fetch", "uncond-256")  # the tests run offline
+    lines = offline.output.strip().splitlines()
+    assert offline.exit_code == 1 and len(lines) == 1 and "cannot be downloaded (offline?)" in lines[0]
+    assert cli("fetch", "tiny").exit_code == 0  # bundled: nothing to do
+    assert cli("fetch").exit_code == 1

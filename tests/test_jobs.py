@@ -179,7 +179,7 @@ def test_worker_records_a_failing_job_and_runs_the_next(store, inst, models, tmp
     init.unlink()  # gone by the time the worker gets to it
     good = store.create_job("generate", tiny_recipe(steps=4).to_json(), 1, 0)
     events = []
-    Worker(store, inst, models, "cpu", on_event=events.append).run(once=True)
+    Worker.standard(store, inst, models, "cpu", on_event=events.append).run(once=True)
     assert store.get_job(bad).status == "failed" and "image file not found" in store.get_job(bad).error
     assert store.get_job(good).status == "done" and store.get_job(good).done == 1
     assert any("failed" in e for e in events)
@@ -189,5 +189,5 @@ def test_worker_resumes_a_job_whose_worker_died(store, inst, models):
     job = store.create_job("generate", tiny_recipe(steps=4).to_json(), 2, 9)
     store.claim_job(job, "elsewhere:1")
     store.conn.execute("UPDATE jobs SET heartbeat = heartbeat - 3600 WHERE id = ?", (job,))
-    Worker(store, inst, models, "cpu").run(once=True)
+    Worker.standard(store, inst, models, "cpu").run(once=True)
     assert store.get_job(job).status == "done" and store.get_job(job).done == 2

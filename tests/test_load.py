@@ -27,7 +27,7 @@ def test_concurrent_requests_while_a_worker_writes(instance, inst, models, caplo
     server = create_server(app, host="127.0.0.1", port=0, threads=8, ident="clip-curator")
     threading.Thread(target=server.run, daemon=True).start()
     base = f"http://127.0.0.1:{server.effective_port}"
-    worker = Worker(Store(inst.db_path), inst, models, "cpu")
+    worker = Worker.standard(Store(inst.db_path), inst, models, "cpu")
 
     session = requests.Session()
     first = session.get(base + "/")

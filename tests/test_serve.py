@@ -161,3 +161,23 @@ def test_stopping_the_server_stops_the_worker_between_images(tmp_path):
     files = {p.relative_to(instance).as_posix() for p in (instance / "images" / f"job{job:06d}").iterdir()}
     assert files == store.image_paths(job)  # every finished image is whole and recorded, nothing else
     store.close()
+
+
+def test_ctrl_c_stops_the_worker_command_between_images(tmp_path):
+    from gallery.store import Store
+
+    instance = tmp_path / "instance"
+    with Store(instance / "gallery.db") as store:
+        job = store.create_job("generate", tiny_recipe("a red square on a white background", steps=20).to_json(), 40, 3)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), "worker"],
+                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = Store(instance / "gallery.db")
+    deadline = time.time() + 240
+    while store.get_job(job).done < 1 and time.time() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGINT)
+    out, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0 and "worker stopped" in out, out[-2000:]
+    stopped = store.get_job(job)
+    assert stopped.status == "queued" and 1 <= stopped.done < 40 and stopped.error is None
+    store.close()

@@ -48,9 +48,9 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, **settings):
     from generate.queue import check_job, record_job
 
     recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"])})
+    resolve_precision(recipe.precision, pick_device(device))
     recipe, request = check_job(c.instance, recipe, {"n": n, "seed": seed, "save_every": save_every},
                                 c.existing_store(), fetch=True)
-    resolve_precision(recipe.precision, pick_device(device))
     job = record_job(c.store(), recipe, request, resume=not new)
     if job.resumed:
         click.echo(f"resuming job {job.job_id}: {job.done}/{job.n} images already done", err=True)
@@ -89,18 +89,19 @@ def worker(c: Ctx, once, poll, device):
     Example: clip-curator worker --once
     """
     from generate.queue import Worker
+    from generate.queue.worker import stop_on_signals
 
     on_progress, close = progress_bar()
     models = c.models()
-    w = Worker(c.store(), c.instance, models, device, on_progress=on_progress,
-               on_event=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    w = Worker.standard(c.store(), c.instance, models, device, on_progress=on_progress, on_event=log)
     try:
-        w.run(once=once, poll_s=poll)
-    except KeyboardInterrupt:
-        click.echo("worker stopped; running jobs resume on the next start", err=True)
+        with stop_on_signals(w, log):
+            w.run(once=once, poll_s=poll)
     finally:
         close()
         models.close()
+    log("worker stopped; an unfinished job resumes where it stopped")
 
 
 @command()

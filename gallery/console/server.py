@@ -33,7 +33,7 @@ def serve(c: Ctx, host, port, no_worker, behind_proxy, device):
     if not no_worker:
         from generate.queue import Worker
 
-        worker = Worker(Store(c.instance.db_path), c.instance, c.models(), device,
+        worker = Worker.standard(Store(c.instance.db_path), c.instance, c.models(), device,
                         on_event=lambda m: click.echo(m, err=True))
     click.echo(f"instance {c.instance.root}", err=True)
     run(app, host, port, worker, log=lambda m: click.echo(m, err=True))

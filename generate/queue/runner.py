@@ -120,6 +120,9 @@ class GenerateRunner:
         """Run the job; returns its final status. Exceptions are recorded on the job and re-raised."""
         return run_claimed(self.store, job_id, self._run)
 
+    def close(self) -> None:
+        """Nothing to release: the models belong to whoever made the cache."""
+
     def _run(self, job: Job) -> None:
         recipe = Recipe.from_json(job.recipe)
         gen = Generator(recipe, self.models, self.device, self.store)

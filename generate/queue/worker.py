@@ -1,7 +1,9 @@
 """The worker: claims queued jobs (and jobs whose worker died) and runs them by kind, until stopped."""
 from __future__ import annotations
 
-from typing import Callable
+import signal
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from gallery.instance import Instance
 from gallery.store import Store, worker_id
@@ -18,16 +20,23 @@ class Worker:
     there); ``stop(now=True)`` abandons the current image at its next step.
     """
 
-    def __init__(self, store: Store, instance: Instance, models: ModelCache, device: str = "auto",
-                 on_progress: ProgressFn | None = None, on_event: Callable[[str], None] | None = None):
+    def __init__(self, store: Store, runners: dict, signal: StopSignal,
+                 on_event: Callable[[str], None] | None = None):
         self.store = store
-        self.signal = StopSignal()
-        self.runners = {
-            "generate": GenerateRunner(store, instance, models, device, on_progress=on_progress, stop=self.signal),
-            "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=self.signal),
-        }
+        self.runners = runners  # by job kind: each has run(job_id) -> status and close(), and checks ``signal``
+        self.signal = signal
         self.on_event = on_event or (lambda msg: None)
         self.me = worker_id()
+
+    @classmethod
+    def standard(cls, store: Store, instance: Instance, models: ModelCache, device: str = "auto",
+                 on_progress: ProgressFn | None = None, on_event: Callable[[str], None] | None = None) -> "Worker":
+        """A worker for every kind of job, on this instance, with these models."""
+        signal = StopSignal()
+        return cls(store, {
+            "generate": GenerateRunner(store, instance, models, device, on_progress=on_progress, stop=signal),
+            "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=signal),
+        }, signal, on_event)
 
     def stop(self, now: bool = False) -> None:
         """Ask the worker to stop after the current image (or, with ``now``, at the next step)."""
@@ -63,4 +72,35 @@ class Worker:
                         return
                     self.signal.after_image.wait(poll_s)
         finally:
-            self.runners["upscale"].close()
+            for runner in self.runners.values():
+                runner.close()
+
+
+@contextmanager
+def stop_on_signals(worker: Worker | None, log: Callable[[str], None], interrupt: bool = False) -> Iterator[None]:
+    """While inside, Ctrl-C or SIGTERM stop the worker after its current image; a second one at once.
+
+    With ``interrupt`` the first signal also raises KeyboardInterrupt in the main thread, to end
+    what it runs there (a server loop, with the worker in a thread of its own); the handlers are
+    restored on the way out.
+    """
+    count = [0]
+
+    def handler(signum, frame):
+        count[0] += 1
+        if count[0] == 1:
+            log("stopping: finishing the current image (Ctrl-C again to abandon it)")
+            if worker is not None:
+                worker.stop()
+            if interrupt:
+                raise KeyboardInterrupt
+        log("abandoning the current image; its job resumes on the next start")
+        if worker is not None:
+            worker.stop(now=True)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
