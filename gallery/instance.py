@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from .errors import BadRequest
 from .files import write_bytes
-from .validate import parse
+from .validate import Real, Whole, parse
 
 ENV_INSTANCE = "CLIP_CURATOR_INSTANCE"
 # Below this many embeddings search scans them exactly; above it uses the hnswlib file.
 EXACT_BELOW = 20_000
+# CLIP cosine similarity from which two images stack as near-duplicates. Measured on the tiny CLIP
+# (bench/bench_curation.py): 84% of re-saved copies of a drawing reach it, 6% of other drawings of
+# the same caption and none of other captions do. Real CLIPs are unmeasured here: a setting.
+STACK_THRESHOLD = 0.99
 
 
 class Config(BaseModel):
@@ -34,14 +38,17 @@ class Config(BaseModel):
 
     password_hash: StrictStr | None = None
     search_clip: StrictStr | None = Field(default=None, description="a CLIP preset or open_clip MODEL/TAG")
-    exact_below: Annotated[StrictInt, Field(ge=0, description="a whole number of at least 0")] = EXACT_BELOW
+    exact_below: Annotated[Whole, Field(ge=0, description="a whole number of at least 0")] = EXACT_BELOW
     allowed_hosts: list[StrictStr] = Field(default_factory=list, description="a list of host names")
-    # Bumped by logout-everywhere and set-password: sessions signed with an older one are refused.
-    session_version: Annotated[StrictInt, Field(ge=0, description="a whole number")] = 0
+    stack_threshold: Annotated[Real, Field(gt=0, le=1, description="a number above 0 and at most 1")] = \
+        STACK_THRESHOLD
+    # Images rejected longer ago than this are deleted for good by the worker (None: only by hand).
+    trash_days: Annotated[Real | None, Field(gt=0, description="a number of days above 0")] = 30.0
 
 
 # Settings a run may override from the environment, and the variable for each.
-ENV_SETTINGS = {"search_clip": "CLIP_CURATOR_SEARCH_CLIP", "exact_below": "CLIP_CURATOR_EXACT_BELOW"}
+ENV_SETTINGS = {"search_clip": "CLIP_CURATOR_SEARCH_CLIP", "exact_below": "CLIP_CURATOR_EXACT_BELOW",
+                "stack_threshold": "CLIP_CURATOR_STACK_THRESHOLD"}
 
 
 def default_root() -> Path:
@@ -157,7 +164,7 @@ class Instance:
         for key, var in ENV_SETTINGS.items():
             if os.environ.get(var):
                 value = os.environ[var]
-                stored[key] = int(value) if value.lstrip("-").isdigit() else value
+                stored[key] = value
         return parse(Config, stored)
 
     def update_config(self, **changes) -> Config:

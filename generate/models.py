@@ -147,10 +147,15 @@ class Clip:
         return (x - self.mean.to(x)) / self.std.to(x)
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Unit-norm float32 text embeddings."""
+    def encode_text(self, texts: list[str], real_tokens_only: bool = False) -> torch.Tensor:
+        """Unit-norm float32 text embeddings.
+
+        ``real_tokens_only`` (for search, where speed matters and 1e-6 does not) skips the padding;
+        guidance keeps open_clip's own path, so images reproduce bit for bit across versions.
+        """
         tokens = self.tokenizer(texts).to(self.device)
-        return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        encoded = encode_real_tokens(self.model, tokens) if real_tokens_only else self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(encoded.float(), dim=-1)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (not normalised) of images in [0, 1] already at image_size; keeps autograd."""
@@ -162,6 +167,29 @@ class Clip:
         x = torch.nn.functional.interpolate(x.to(self.device).float(), size=(self.image_size, self.image_size),
                                             mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         return torch.nn.functional.normalize(self.encode_image(x).float(), dim=-1)
+
+
+def encode_real_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``encode_text``, run over the real tokens only instead of the whole context.
+
+    CLIP's text transformer is causal and pools the features at the end-of-text token (the
+    highest id of each row), so nothing after that token can change the result: dropping the
+    padding beyond the longest prompt of the batch (positional embedding and mask sliced to
+    match) gives the same embedding, for a fraction of the work on a short prompt. Models of
+    another shape take open_clip's own path.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if getattr(model, "text_pool_type", None) != "argmax" or mask is None or not hasattr(model, "token_embedding"):
+        return model.encode_text(tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def load_clip(spec: P.ClipSpec, path: Path, device: torch.device) -> Clip:
@@ -224,6 +252,10 @@ class ModelCache:
             spec = P.clip_spec(name)
             self._clips[key] = load_clip(spec, self.clip_path(spec), device)
         return self._clips[key]
+
+    def put_clip(self, name: str, device: torch.device, clip: Clip) -> None:
+        """Use a CLIP built elsewhere under this name (a benchmark's random-weight model, say)."""
+        self._clips[(name, str(device))] = clip
 
     def close(self) -> None:
         """Drop every loaded model (and cached GPU memory)."""

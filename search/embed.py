@@ -1,6 +1,8 @@
 """CLIP embeddings of gallery images and query texts, with the same loading code as generation."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from gallery.store import Store
 from generate.presets import clip_name_for_id
 
 BATCH = 32
+TEXT_CACHE = 1024  # query texts whose embeddings are kept (a few hundred KB at 512 dimensions)
 
 
 def search_clip_name(store: Store | None, instance: Instance) -> str:
@@ -31,15 +34,34 @@ def search_clip_name(store: Store | None, instance: Instance) -> str:
 
 
 class Embedder:
-    """Embeds texts and image files with one CLIP; ``id`` labels the vectors it makes."""
+    """Embeds texts and image files with one CLIP; ``id`` labels the vectors it makes.
 
-    def __init__(self, clip):
+    Text embeddings are kept in a small LRU cache: a search typed letter by letter, or the
+    same phrase asked again, costs the text tower nothing the second time.
+    """
+
+    def __init__(self, clip, cache_size: int = TEXT_CACHE):
         self.clip = clip
         self.id = clip.id
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def texts(self, texts: list[str]) -> np.ndarray:
         """Unit-norm float32 embeddings of texts."""
-        return self.clip.encode_text(texts).cpu().numpy().astype(np.float32)
+        with self._lock:
+            known = {t: self._cache[t] for t in texts if t in self._cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            fresh = self.clip.encode_text(missing, real_tokens_only=True).cpu().numpy().astype(np.float32)
+            known.update(zip(missing, fresh))
+        with self._lock:
+            for t in dict.fromkeys(texts):
+                self._cache[t] = known[t]
+                self._cache.move_to_end(t)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def pixels(self, images: list[Image.Image]) -> np.ndarray:
         """Unit-norm float32 embeddings of PIL images (centre square, resized)."""

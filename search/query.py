@@ -32,6 +32,14 @@ class Hit:
     row: ImageRow
 
 
+class Results(list):
+    """A page of hits, and whether more follow it."""
+
+    def __init__(self, hits: list[Hit], more: bool):
+        super().__init__(hits)
+        self.more = more
+
+
 def parse_query(text: str) -> list[tuple[str, float]]:
     """(phrase, sign) terms of a query; BadRequest when there is nothing to search for."""
     if text is None or not text.strip():
@@ -73,30 +81,33 @@ class Searcher:
         v = (vecs * np.array([s for _, s in terms], dtype=np.float32)[:, None]).sum(0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
-    def text(self, query: str, k: int = 12, offset: int = 0, filters: Filters = Filters()) -> list[Hit]:
+    def text(self, query: str, k: int = 12, offset: int = 0, filters: Filters = Filters()) -> Results:
         """Images best matching a text query."""
         return self._run(self.text_vector(query), k, offset, filters, exclude=set())
 
-    def like(self, image_id: int, k: int = 12, offset: int = 0, filters: Filters = Filters()) -> list[Hit]:
+    def like(self, image_id: int, k: int = 12, offset: int = 0, filters: Filters = Filters()) -> Results:
         """Images most like a gallery image (itself, its parent and its upscales left out)."""
         row = self.store.get_image(image_id)
         v = self.store.embedding(image_id, self.embedder.id)
         if v is None:
-            raise BadRequest(f"image {image_id} has no {self.embedder.id} embedding yet; run: cli.py index")
+            raise BadRequest(f"image {image_id} has no {self.embedder.id} embedding yet; run: clip-curator index")
         family = {image_id} | ({row.parent_id} if row.parent_id else set())
         family |= {c.id for c in self.store.children(image_id)}
         return self._run(v, k, offset, filters, exclude=family)
 
-    def _run(self, vector: np.ndarray, k: int, offset: int, filters: Filters, exclude: set) -> list[Hit]:
+    def _run(self, vector: np.ndarray, k: int, offset: int, filters: Filters, exclude: set) -> Results:
         if not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be from 1 to {MAX_K}, not {k}")
         if offset < 0:
             raise BadRequest(f"offset must not be negative, not {offset}")
         allowed = self.store.filter_ids(filters)
+        if not filters.trash:
+            exclude = exclude | self.store.rejected_ids()  # the trash is out of sight until restored
         if allowed is not None and exclude:
             allowed = [i for i in allowed if i not in exclude]
-        ids, scores = self.index.search(vector, offset + k + len(exclude), allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in exclude][offset:offset + k]
+        # One more than asked for says whether another page follows.
+        ids, scores = self.index.search(vector, offset + k + 1 + len(exclude), allowed)
+        pairs = [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) not in exclude][offset:offset + k + 1]
         rows = {r.id: r for r in self.store.images_by_ids([i for i, _ in pairs])}
         # A row deleted since the index last synced is simply not returned.
-        return [Hit(i, s, rows[i]) for i, s in pairs if i in rows]
+        return Results([Hit(i, s, rows[i]) for i, s in pairs[:k] if i in rows], more=len(pairs) > k)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("CLIP_CURATOR_ARTIFACTS", ROOT / "artifacts"))
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +94,59 @@ def new_image(job_id=None, idx=None, path=None, **kw):
     fields = dict(path=path or f"images/job{job_id or 0:06d}/{idx or 0:05d}.png", width=32, height=32,
                   recipe_json="{}", prompt="p", job_id=job_id, idx=idx, seed=idx)
     return NewImage(**{**fields, **kw})
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Debian's headless Chromium through its own chromedriver, shared by the browser tests."""
+    from selenium import webdriver
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a browser or driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+                "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait_for(fn, timeout=30.0, what="condition"):
+    """Poll fn until it returns something true; fail after timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def no_alert(driver):
+    """Whether no JavaScript alert is open."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def images_loaded(driver):
+    """Whether every image shown on the page has loaded (hidden ones load lazily, when shown)."""
+    return driver.execute_script(
+        "return Array.from(document.images).filter(i => i.offsetParent !== null && i.getAttribute('src'))"
+        ".every(i => i.complete && i.naturalWidth > 0)")
+
+
+def cells(driver, visible=True):
+    """The grid's cells (only those shown, unless visible=False)."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, "#grid .cell")
+    return [c for c in found if c.is_displayed()] if visible else found

@@ -4,20 +4,16 @@ Screenshots of the grid and the image page are saved under artifacts/ for a pers
 """
 import os
 import random
-import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_recipe
+from conftest import ARTIFACTS, cells, images_loaded, no_alert, tiny_recipe, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(os.environ.get("CLIP_CURATOR_ARTIFACTS", ROOT / "artifacts"))
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, models):
@@ -57,55 +53,6 @@ def site(tmp_path_factory, models):
     server.close()
     wt.join(timeout=60)
     store.close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a browser or driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(60)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-def wait_for(fn, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def no_alert(driver):
-    from selenium.common.exceptions import NoAlertPresentException
-
-    try:
-        driver.switch_to.alert
-    except NoAlertPresentException:
-        return True
-    return False
-
-
-def images_loaded(driver):
-    return driver.execute_script(
-        "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-
-
-def cells(driver):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, "#grid .cell")
 
 
 def test_star_by_key_and_by_click_persists_after_reload(site, browser):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gallery.curate import delete_images
+from gallery.curate import delete_images, empty_trash
 from gallery.errors import BadRequest
 from gallery.store import Filters
 from gallery.validate import parse_day
@@ -192,3 +192,61 @@ def upscale(c: Ctx, image_ids, starred, model, queue):
         click.echo(f"{row.parent_id:>6} -> {row.id:>6}  {row.width}x{row.height}  {c.instance.root / row.path}")
     if status != "done":
         raise click.ClickException(f"job {job_id} {status}")
+
+
+@command()
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+def reject(c: Ctx, image_ids):
+    """Move images (with their upscales) to the trash; nothing is lost until it is emptied.
+
+    Example: clip-curator reject 12 13
+    """
+    store, _ = c.images(image_ids)
+    moved = store.reject(list(image_ids))
+    click.echo(f"moved {len(moved)} image(s) to the trash (restore with: clip-curator restore ID)")
+
+
+@command()
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+def restore(c: Ctx, image_ids):
+    """Bring images (with their upscales) back from the trash.
+
+    Example: clip-curator restore 12
+    """
+    store, _ = c.images(image_ids)
+    click.echo(f"restored {len(store.restore(list(image_ids)))} image(s)")
+
+
+@command()
+@click.argument("rating", type=int)
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+def rate(c: Ctx, rating, image_ids):
+    """Rate images 1-5 (0 clears the rating).
+
+    Example: clip-curator rate 5 12 15
+    """
+    store, _ = c.images(image_ids)
+    store.set_rating(list(image_ids), rating)
+    click.echo(f"rated {len(image_ids)} image(s) {rating}" if rating else f"cleared {len(image_ids)} rating(s)")
+
+
+@command()
+@click.option("--empty", is_flag=True, help="Delete everything in the trash for good (rows, embeddings, files).")
+@click.option("--older-than", type=float, help="With --empty: only images rejected more than this many days ago.")
+def trash(c: Ctx, empty, older_than):
+    """List the trash, or empty it.
+
+    Example: clip-curator trash --empty --older-than 30
+    """
+    store = c.existing_store()
+    if store is None:
+        click.echo("the trash is empty")
+        return
+    if empty:
+        gone = empty_trash(store, c.instance, older_than)
+        click.echo(f"deleted {len(gone)} image(s) for good")
+        return
+    ids = store.trash_ids()
+    for row in store.images_by_ids(ids):
+        click.echo(f"{row.id:>6}  rejected {row.rejected[:19].replace('T', ' ')}  {row.prompt[:60]}")
+    click.echo(f"{len(ids)} image(s) in the trash")

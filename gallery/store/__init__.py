@@ -3,7 +3,8 @@
 SQLite is the single source of truth (files are written before their rows, and a row exists only
 for a complete file). WAL mode lets the site read while a worker writes; a busy timeout rides
 out short write locks. The schema has a version and one-step migrations (``schema``).
-The statements are grouped by table: jobs, images, embeddings, sessions.
+The statements are grouped by concern: jobs, images, curation (stars, ratings, the trash),
+embeddings, sessions.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import SchemaTooNew
+from .curation import CurationMixin
 from .embeddings import EmbeddingsMixin
 from .images import ImagesMixin
 from .jobs import JobsMixin, now, worker_id
@@ -25,7 +27,7 @@ __all__ = ["Store", "Job", "ImageRow", "NewImage", "Embedding", "Filters", "JOB_
            "SCHEMA_VERSION", "now", "worker_id"]
 
 
-class Store(JobsMixin, ImagesMixin, EmbeddingsMixin, SessionsMixin):
+class Store(JobsMixin, ImagesMixin, CurationMixin, EmbeddingsMixin, SessionsMixin):
     """Named operations over the gallery database."""
 
     def __init__(self, path: str | Path):
@@ -38,6 +40,7 @@ class Store(JobsMixin, ImagesMixin, EmbeddingsMixin, SessionsMixin):
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self.conn = conn
+        self._stats_cache: dict = {}  # embedding_stats by model, valid while the embeddings counter stands
         try:
             self.migrate()
         except BaseException:

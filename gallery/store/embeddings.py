@@ -42,11 +42,20 @@ class EmbeddingsMixin:
             "SELECT model, COUNT(*) FROM embeddings GROUP BY model ORDER BY 2 DESC")}
 
     def embedding_stats(self, model: str) -> tuple[int, int, int]:
-        """(count, largest image id, sum of image ids) of a model's embeddings: a cheap fingerprint."""
-        n, last, total = self.conn.execute(
+        """(count, largest image id, sum of image ids) of a model's embeddings: a cheap fingerprint.
+
+        Re-read only when the embeddings' change counter has moved, so a search asks one row of
+        the database whether its index is still in step, not the whole table.
+        """
+        version = self.counter("embeddings")
+        cached = self._stats_cache.get(model)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        stats = tuple(self.conn.execute(
             "SELECT COUNT(*), COALESCE(MAX(image_id), 0), COALESCE(SUM(image_id), 0) FROM embeddings WHERE model = ?",
-            (model,)).fetchone()
-        return n, last, total
+            (model,)).fetchone())
+        self._stats_cache[model] = (version, stats)
+        return stats
 
     def iter_embeddings(self, model: str, after_id: int = 0, ids=None, chunk: int = 50_000):
         """Yield (ids, [n, d] float32 matrix) chunks of a model's embeddings, by image id."""

@@ -88,8 +88,16 @@ class ImagesMixin:
     # --- the grid -------------------------------------------------------------------------
 
     @staticmethod
-    def _where(f: Filters) -> tuple[list[str], list]:
+    def _where(f: Filters, state: bool = True) -> tuple[list[str], list]:
+        # ``state``: restrict to the trash or to what is not in it (search does that its own way).
         where, args = [], []
+        if state:
+            where.append("rejected IS NOT NULL" if f.trash else "rejected IS NULL")
+        if f.originals:
+            where.append("upscaler IS NULL")
+        if f.min_rating:
+            where.append("rating >= ?")
+            args.append(f.min_rating)
         if f.starred:
             where.append("starred = 1")
         if f.job_id is not None:
@@ -107,21 +115,37 @@ class ImagesMixin:
         return where, args
 
     def filter_ids(self, filters: Filters) -> list[int] | None:
-        """Ids matching the filters, or None when no filter is set (everything matches)."""
-        where, args = self._where(filters)
+        """Ids matching the filters (but for the trash filter), or None when none is set (everything matches)."""
+        where, args = self._where(filters, state=filters.trash)
         if not where:
             return None
         return [r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE {' AND '.join(where)}", args)]
 
-    def page_images(self, filters: Filters = Filters(), *, before: int | None = None,
-                    limit: int = 60) -> list[ImageRow]:
-        """Newest first, keyset-paginated by id (``before``: the last id of the previous page)."""
+    def ids_matching(self, filters: Filters) -> list[int]:
+        """Every id a view with these filters shows, newest first."""
+        where, args = self._where(filters)
+        return [r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id DESC",
+                                                args)]
+
+    def page_images(self, filters: Filters = Filters(), *, before: int | None = None, after: int | None = None,
+                    limit: int = 60, by_rating: bool = False, offset: int = 0) -> list[ImageRow]:
+        """Newest first, keyset-paginated by id: ``before`` the last id of the previous page, or
+        ``after`` the first id of the next (newer) one. ``by_rating``: best rated first, by offset."""
         where, args = self._where(filters)
         if before is not None:
             where.append("id < ?")
             args.append(before)
+        if after is not None:
+            where.append("id > ?")
+            args.append(after)
         sql = "SELECT * FROM images" + (" WHERE " + " AND ".join(where) if where else "")
-        return [ImageRow.from_row(r) for r in self._rows(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])]
+        if by_rating:
+            order = "rating DESC, id DESC"
+        else:
+            order = "id ASC" if after is not None and before is None else "id DESC"
+        rows = [ImageRow.from_row(r) for r in self._rows(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?",
+                                                         [*args, limit, offset])]
+        return rows[::-1] if order == "id ASC" else rows
 
     def neighbours(self, image_id: int, filters: Filters = Filters()) -> tuple[int | None, int | None]:
         """(newer id, older id) around an image in the grid's order, under the same filters."""
@@ -131,9 +155,12 @@ class ImagesMixin:
         older = self.conn.execute(f"SELECT MAX(id) FROM images WHERE id < ?{cond}", [image_id, *args]).fetchone()[0]
         return newer, older
 
-    def count_images(self) -> int:
-        """How many images the gallery holds."""
-        return self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    def count_images(self, filters: Filters | None = None) -> int:
+        """How many images the gallery holds (that match the filters, if given)."""
+        if filters is None:
+            return self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        where, args = self._where(filters)
+        return self.conn.execute("SELECT COUNT(*) FROM images WHERE " + " AND ".join(where), args).fetchone()[0]
 
     # --- lineage and provenance ----------------------------------------------------------------
 
@@ -147,6 +174,12 @@ class ImagesMixin:
         """Images derived from this one (upscales), oldest first."""
         return [ImageRow.from_row(r) for r in self._rows("SELECT * FROM images WHERE parent_id = ? ORDER BY id",
                                                          (image_id,))]
+
+    def children_of(self, image_ids: list[int]) -> list[ImageRow]:
+        """The upscales of any of these images (those not in the trash), oldest first."""
+        return [ImageRow.from_row(r) for r in self._rows(
+            "SELECT * FROM images WHERE parent_id IN (SELECT value FROM json_each(?)) AND rejected IS NULL "
+            "ORDER BY id", (_ids_json(image_ids),))]
 
     def image_by_source(self, source_path: str) -> ImageRow | None:
         """The image imported from this file path, if any."""
@@ -174,28 +207,3 @@ class ImagesMixin:
                 self.conn.execute("UPDATE jobs SET done = (SELECT COUNT(*) FROM images WHERE job_id = ?) WHERE id = ?",
                                   (row.job_id, row.job_id))
         return [p for p in (row.path, row.animation_path) if p]
-
-    # --- curation ---------------------------------------------------------------------------
-
-    def star(self, image_id: int, starred: bool = True) -> None:
-        """Star or unstar an image."""
-        self.set_starred([image_id], starred)
-
-    def set_starred(self, image_ids: list[int], starred: bool) -> None:
-        """Star or unstar these images in one statement (ImageNotFound, and no change, if one is missing)."""
-        self.require_images(image_ids)
-        self.conn.execute("UPDATE images SET starred = ? WHERE id IN (SELECT value FROM json_each(?))",
-                          (int(bool(starred)), _ids_json(image_ids)))
-
-    def toggle_star(self, image_id: int) -> bool:
-        """Flip an image's star in one statement (atomic under concurrent toggles); returns the new value."""
-        row = self.conn.execute("UPDATE images SET starred = 1 - starred WHERE id = ? RETURNING starred",
-                                (image_id,)).fetchone() if storable_id(image_id) else None
-        if row is None:
-            raise ImageNotFound(f"image {image_id} doesn't exist")
-        return bool(row[0])
-
-    def starred_ids(self) -> list[int]:
-        """Ids of starred images that are not themselves upscales, oldest first."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT id FROM images WHERE starred = 1 AND upscaler IS NULL ORDER BY id")]

@@ -78,6 +78,8 @@ class ImageRow:
     source_size: int | None
     source_mtime: float | None
     upscaler: str | None
+    rating: int = 0
+    rejected: str | None = None
 
     @classmethod
     def from_row(cls, row) -> "ImageRow":
@@ -139,11 +141,9 @@ class Filters:
     since: str | None = None
     until: str | None = None
     keyword: str | None = None
-
-    @property
-    def any(self) -> bool:
-        """Whether any filter is set."""
-        return bool(self.starred or self.job_id is not None or self.since or self.until or self.keyword)
+    min_rating: int = 0
+    trash: bool = False  # only rejected images (else: only those not rejected)
+    originals: bool = False  # leave out upscales (they stack with their parent)
 
 
 SQLITE_INT_MAX = 2 ** 63 - 1

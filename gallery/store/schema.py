@@ -90,14 +90,39 @@ def _create_v3(db: sqlite_utils.Database) -> None:
     db["images"].enable_fts(["prompt"], fts_version="FTS5", create_triggers=True, tokenize="porter")
 
 
-def _m3_sessions(db: sqlite_utils.Database) -> None:
+_V4 = (
     # Logins to the site: a session cookie names a row here (by the hash of its random token), so
     # logging out or setting a new password revokes sessions on the server, not only in one browser.
-    db.execute("CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, created TEXT NOT NULL)")
+    "CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, created TEXT NOT NULL)",
+    # Triage: a 0-5 rating beside the star, and rejection into a trash that loses nothing until it
+    # is emptied (the time it was rejected, or NULL). Most views show only what is not rejected.
+    "ALTER TABLE images ADD COLUMN rating INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE images ADD COLUMN rejected TEXT",
+    "CREATE INDEX images_live ON images(id) WHERE rejected IS NULL",
+    "CREATE INDEX images_trash ON images(rejected, id) WHERE rejected IS NOT NULL",
+    # Emptying the trash deletes rows, then files: the files' paths wait here in between, so a kill
+    # midway leaves every file either with its row or listed for deletion, never forgotten.
+    "CREATE TABLE purge_queue (path TEXT PRIMARY KEY)",
+    # Change counters kept by triggers: readers (the search index, the taste model) learn that
+    # something changed from one row instead of re-reading a table on every request.
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO counters VALUES ('embeddings', 0), ('labels', 0)",
+    *(f"CREATE TRIGGER embeddings_{op.lower()}_count AFTER {op} ON embeddings BEGIN "
+      "UPDATE counters SET value = value + 1 WHERE name = 'embeddings'; END" for op in ("INSERT", "UPDATE", "DELETE")),
+    "CREATE TRIGGER images_labels_update AFTER UPDATE OF starred, rating, rejected ON images BEGIN "
+    "UPDATE counters SET value = value + 1 WHERE name = 'labels'; END",
+    "CREATE TRIGGER images_labels_delete AFTER DELETE ON images BEGIN "
+    "UPDATE counters SET value = value + 1 WHERE name = 'labels'; END",
+)
+
+
+def _m3_sessions_and_triage(db: sqlite_utils.Database) -> None:
+    for sql in _V4:
+        db.execute(sql)
 
 
 # MIGRATIONS[v] takes a database from version v to v + 1.
-MIGRATIONS = {3: _m3_sessions}
+MIGRATIONS = {3: _m3_sessions_and_triage}
 SCHEMA_VERSION = FIRST_RELEASED + len(MIGRATIONS)
 
 

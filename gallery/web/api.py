@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from gallery.curate import BulkRequest, apply, empty_trash as empty
 from gallery.errors import BadRequest
 from gallery.store import ImageRow
 from gallery.validate import parse
@@ -30,7 +31,8 @@ class StarBody(BaseModel):
 
 def image_json(row: ImageRow, score: float | None = None) -> dict:
     """An image row as the API returns it."""
-    d = {"id": row.id, "prompt": row.prompt, "starred": row.starred, "seed": row.seed, "job_id": row.job_id,
+    d = {"id": row.id, "prompt": row.prompt, "starred": row.starred, "rating": row.rating,
+         "rejected": row.rejected is not None, "seed": row.seed, "job_id": row.job_id,
          "kind": row.kind, "parent_id": row.parent_id, "width": row.width, "height": row.height,
          "created": row.created, "url": url_for("images.page", image_id=row.id),
          "thumb": url_for("images.thumb", image_id=row.id), "file": url_for("images.file", image_id=row.id)}
@@ -94,10 +96,29 @@ def regenerate(image_id: int):
     return jsonify(job=job.job_id), 202
 
 
+@bp.post("/images/bulk")
+def bulk():
+    """One action on a selection, in one request and one transaction:
+    {"ids": [...], "action": "star"|"unstar"|"reject"|"restore"|"rate"|"upscale", "rating": 0-5}."""
+    req = parse(BulkRequest, body())
+    if req.action == "upscale":
+        return jsonify(action="upscale", ids=req.ids, job=queue_upscale(get_store(), req.ids, {})), 202
+    result = apply(get_store(), req)
+    return jsonify(action=result.action, ids=result.ids)
+
+
+@bp.post("/trash/empty")
+def empty_trash():
+    """Delete every image in the trash for good (rows, embeddings, files)."""
+    return jsonify(deleted=empty(get_store(), instance()))
+
+
 @bp.get("/jobs")
 def jobs():
-    """The newest 100 jobs with their progress."""
-    return jsonify(jobs=[job_dict(j) for j in get_store().list_jobs(limit=100)])
+    """The newest 100 jobs with their progress (``?active=1``: only queued and running ones)."""
+    active = request.args.get("active") == "1"
+    listed = [j for j in get_store().list_jobs(limit=100) if not active or j.status in ("queued", "running")]
+    return jsonify(jobs=[job_dict(j) for j in listed])
 
 
 @bp.post("/jobs/<id:job_id>/cancel")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import torch
 from flask import current_app, g
 
 from gallery.instance import Config, Instance
@@ -10,7 +11,10 @@ from gallery.store import Store
 from generate.models import ModelCache
 from search.index import GalleryIndex
 from search.query import Searcher
-from search.service import open_embedder, open_index
+from generate.presets import clip_spec
+from search.embed import Embedder, search_clip_name
+from search.service import open_index
+from search.taste import Taste
 
 EXTENSION = "clip_curator"
 
@@ -27,6 +31,9 @@ class Services:
         self._models = models
         self._lock = threading.Lock()
         self._indexes: dict[str, tuple[GalleryIndex, Store]] = {}
+        self._embedders: dict[str, Embedder] = {}  # by CLIP name: each keeps its cache of query texts
+        self._clip_name: tuple[tuple, str] | None = None
+        self._tastes: dict[str, Taste] = {}
         self._config: tuple[tuple, Config] | None = None
 
     def config(self) -> Config:
@@ -53,10 +60,34 @@ class Services:
             self._models = ModelCache(self.instance, progress=False, fetch=False)
         return self._models
 
-    def searcher(self, store: Store) -> Searcher:
-        """A Searcher over this request's store, with the app's shared index for its CLIP."""
+    def _search_clip(self, store: Store) -> str:
+        # Which CLIP searches depends on the settings and on what the gallery was embedded with:
+        # asked again only when either has changed.
+        stamp = (store.counter("embeddings"), self.config().search_clip)
+        if self._clip_name is None or self._clip_name[0] != stamp:
+            self._clip_name = (stamp, search_clip_name(store, self.instance))
+        return self._clip_name[1]
+
+    def search_model(self, store: Store) -> str:
+        """The label of the embeddings the gallery searches (and stacks, and learns taste) with."""
         with self._lock:
-            embedder = open_embedder(store, self.instance, self._model_cache())
+            return clip_spec(self._search_clip(store)).id
+
+    def taste(self, store: Store) -> Taste:
+        """The taste model over the search CLIP's embeddings (refitted as labels change)."""
+        model = self.search_model(store)
+        with self._lock:
+            if model not in self._tastes:
+                self._tastes[model] = Taste(model)
+            return self._tastes[model]
+
+    def searcher(self, store: Store) -> Searcher:
+        """A Searcher over this request's store, with the app's shared embedder and index for its CLIP."""
+        with self._lock:
+            name = self._search_clip(store)
+            if name not in self._embedders:
+                self._embedders[name] = Embedder(self._model_cache().clip(name, torch.device("cpu")))
+            embedder = self._embedders[name]
             if embedder.id not in self._indexes:
                 own = Store(self.instance.db_path)
                 self._indexes[embedder.id] = (open_index(own, self.instance, embedder.id, background=True), own)

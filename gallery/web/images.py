@@ -4,7 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
 from gallery.errors import CuratorError
+from generate.presets import DIFFUSION_PRESETS
 from generate.queue import regenerate as queue_regenerate
+from generate.weights import locate_diffusion
 
 from .context import get_store, instance, searcher
 from .params import grid_query
@@ -34,8 +36,30 @@ def page(image_id: int):
     except CuratorError:  # no embedding yet, or the search CLIP is unavailable
         pass
     parent = store.get_image(row.parent_id) if row.parent_id else None
+    origin = None  # the image a regeneration started from
+    if row.job_id is not None:
+        origin_id = store.get_job(row.job_id).params.get("parent")
+        origin = store.images_by_ids([origin_id])[0] if origin_id and store.images_by_ids([origin_id]) else None
     return render_template("images/image.html", image=row, recipe=row.recipe_dict, newer=newer, older=older,
-                           similar=similar, parent=parent, children=store.children(image_id), filters=filters)
+                           similar=similar, parent=parent, children=store.children(image_id), filters=filters,
+                           origin=origin, presets=available_presets(), source_name=_source_name(row))
+
+
+def _source_name(row) -> str | None:
+    """The file name an imported image came from."""
+    return row.source_path.replace("\\", "/").rsplit("/", 1)[-1] if row.source_path else None
+
+
+def available_presets() -> list[str]:
+    """Model presets whose weights this machine has (what a regeneration can use right now)."""
+    out = []
+    for name, preset in DIFFUSION_PRESETS.items():
+        try:
+            locate_diffusion(preset, instance())
+            out.append(name)
+        except CuratorError:
+            pass
+    return out
 
 
 @bp.route("/image/<id:image_id>/file")

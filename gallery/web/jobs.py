@@ -1,23 +1,60 @@
-"""The job queue page."""
+"""The job queue page, and the form that queues a new prompt."""
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from datetime import datetime
 
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from gallery.errors import CuratorError
+from gallery.recipe import Recipe
 from gallery.store import Job
+from generate.presets import DIFFUSION_PRESETS
+from generate.queue import submit
 
-from .context import get_store
+from .context import get_store, instance
 
 bp = Blueprint("jobs", __name__)
 
 
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start:
+        return None
+    parse = lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    stop = parse(end) if end else datetime.utcnow()
+    return max(0.0, (stop - parse(start)).total_seconds())
+
+
 def job_dict(job: Job) -> dict:
-    """A job as the pages and the API show it."""
+    """A job as the pages and the API show it, with its duration and, while it runs, an ETA in seconds."""
+    duration = _seconds(job.started, job.finished)
+    eta = None
+    if job.status == "running" and duration and job.n:
+        done = job.done + (job.step / job.steps if job.steps else 0)
+        eta = duration / done * (job.n - done) if done > 0 else None
     return {"id": job.id, "kind": job.kind, "status": job.status, "done": job.done, "n": job.n,
             "step": job.step, "steps": job.steps, "prompt": job.prompt, "error": job.error, "created": job.created,
-            "finished": job.finished, "cancel_requested": job.cancel_requested}
+            "started": job.started, "finished": job.finished, "duration": duration, "eta": eta,
+            "cancel_requested": job.cancel_requested}
 
 
 @bp.route("/jobs")
 def index():
     """Queued, running, finished and failed jobs, newest first."""
     return render_template("jobs/list.html", jobs=[job_dict(j) for j in get_store().list_jobs(limit=100)])
+
+
+@bp.route("/jobs/new", methods=["GET", "POST"])
+def new():
+    """Queue a job for a prompt of your own, without starting from an image."""
+    form = request.form
+    if request.method == "POST":
+        fields = {k: form[k] for k in ("n", "seed") if form.get(k, "").strip()}
+        try:
+            recipe = Recipe(prompt=form.get("prompt", "").strip(), model=form.get("model", "tiny"))
+            job = submit(get_store(), instance(), recipe, fields, resume=False)
+        except CuratorError as e:
+            flash(str(e), "error")
+            return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form), 400
+        flash(f"Queued job {job.job_id}: {job.n} image(s).", "success")
+        return redirect(url_for("jobs.index"))
+    return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form)

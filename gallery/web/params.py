@@ -1,7 +1,7 @@
 """The site's query strings, each validated by one schema (a bad value is a 400 with one line)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
@@ -20,7 +20,10 @@ class GridQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     before: Id | None = None
+    after: Id | None = None
     starred: Annotated[bool, Field(description="1 or 0")] = False
+    rating: Annotated[Whole, Field(ge=0, le=5, description="a whole number from 0 to 5")] = 0
+    order: Annotated[Literal["newest", "rating", "taste"], Field(description="newest, rating or taste")] = "newest"
     job: Id | None = None
     keyword: Annotated[StrictStr | None, Field(max_length=200, description="words of at most 200 characters")] = None
     q: Annotated[StrictStr | None, Field(max_length=1000, description="a phrase of at most 1000 characters")] = None
@@ -33,7 +36,14 @@ class GridQuery(BaseModel):
     def filters(self) -> Filters:
         """The filters these parameters set."""
         keyword = (self.keyword or "").strip() or None
-        return Filters(starred=self.starred, job_id=self.job, keyword=keyword)
+        return Filters(starred=self.starred, job_id=self.job, keyword=keyword, min_rating=self.rating)
+
+    def link(self, **changes) -> dict:
+        """Query parameters of a link to this listing with some of them changed (defaults left out)."""
+        values = {"starred": 1 if self.starred else None, "job": self.job, "keyword": self.keyword,
+                  "q": self.q, "rating": self.rating or None,
+                  "order": None if self.order == "newest" else self.order, **changes}
+        return {k: v for k, v in values.items() if v is not None}
 
     @property
     def phrase(self) -> str:

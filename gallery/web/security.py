@@ -86,7 +86,10 @@ def _headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    if response.cache_control.public:
+    if response.mimetype == "text/html":
+        # Pages show live state (stars, the trash): Back must fetch them again, not show a stale copy.
+        response.headers["Cache-Control"] = "no-store"
+    elif response.cache_control.public:
         # Nothing of a gallery is for shared caches, least of all images behind a login.
         response.cache_control.public = False
         response.cache_control.private = True

@@ -46,6 +46,7 @@ class RegenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: Annotated[StrictStr | None, Field(max_length=2000, description="text of at most 2000 characters")] = None
+    model: Annotated[StrictStr | None, Field(max_length=200, description="a model preset name")] = None
     n: Annotated[Whole, Field(ge=1, le=MAX_N, description=f"a whole number from 1 to {MAX_N}")] = 4
     init_strength: Annotated[Real, Field(ge=0, le=0.95, description="a number from 0 to 0.95")] = 0.0
     image_prompt_weight: Annotated[Real, Field(ge=0, le=10, description="a number from 0 to 10")] = 0.0
@@ -110,11 +111,15 @@ def regenerate(store: Store, instance: Instance, image_id: int, request: Regener
     try:
         recipe = Recipe.from_json(row.recipe)
     except BadRequest:
-        raise BadRequest(f"image {image_id} has no recipe to regenerate from") from None
+        # An imported image with no recipe of ours: a fresh one, of the model asked for.
+        recipe = Recipe(prompt="", model=req.model or "uncond-256")
     prompt = req.prompt.strip() if req.prompt is not None else recipe.prompt
     if not prompt:
         raise BadRequest(f"image {image_id} has no prompt; write one")
     changes: dict = {"seed": 0, "prompt": prompt}
+    if req.model and req.model != recipe.model:
+        # Another model's settings would not suit: start from its own defaults.
+        recipe = Recipe(prompt=prompt, model=req.model, image_prompts=recipe.image_prompts)
     if req.init_strength > 0:
         steps = recipe.steps or 1
         changes.update(init_image=str(image_id), skip_timesteps=int(round(steps * req.init_strength)))

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import signal
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from gallery.curate import empty_trash
 from gallery.instance import Instance
 from gallery.store import Store, worker_id
 
@@ -20,12 +22,16 @@ class Worker:
     there); ``stop(now=True)`` abandons the current image at its next step.
     """
 
+    TIDY_EVERY_S = 3600
+
     def __init__(self, store: Store, runners: dict, signal: StopSignal,
-                 on_event: Callable[[str], None] | None = None):
+                 on_event: Callable[[str], None] | None = None, tidy: Callable[[], str | None] | None = None):
         self.store = store
         self.runners = runners  # by job kind: each has run(job_id) -> status and close(), and checks ``signal``
         self.signal = signal
         self.on_event = on_event or (lambda msg: None)
+        self.tidy = tidy  # housekeeping while idle (at most hourly): emptying an old trash
+        self._tidied = 0.0
         self.me = worker_id()
 
     @classmethod
@@ -33,10 +39,16 @@ class Worker:
                  on_progress: ProgressFn | None = None, on_event: Callable[[str], None] | None = None) -> "Worker":
         """A worker for every kind of job, on this instance, with these models."""
         signal = StopSignal()
+
+        def tidy() -> str | None:
+            days = instance.config().trash_days
+            gone = empty_trash(store, instance, days) if days else []
+            return f"deleted {len(gone)} image(s) rejected more than {days:g} days ago" if gone else None
+
         return cls(store, {
             "generate": GenerateRunner(store, instance, models, device, on_progress=on_progress, stop=signal),
             "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=signal),
-        }, signal, on_event)
+        }, signal, on_event, tidy)
 
     def stop(self, now: bool = False) -> None:
         """Ask the worker to stop after the current image (or, with ``now``, at the next step)."""
@@ -63,11 +75,23 @@ class Worker:
         self.on_event(f"job {job.id}: {status}")
         return True
 
+    def _tidy(self) -> None:
+        if self.tidy is None or time.monotonic() - self._tidied < self.TIDY_EVERY_S and self._tidied:
+            return
+        self._tidied = time.monotonic()
+        try:
+            done = self.tidy()
+        except Exception as e:  # housekeeping must never stop the queue
+            done = f"housekeeping failed: {e}"
+        if done:
+            self.on_event(done)
+
     def run(self, once: bool = False, poll_s: float = 2.0) -> None:
         """Serve the queue until stopped; with ``once``, return when it is empty."""
         try:
             while not self.stopping:
                 if not self.run_one():
+                    self._tidy()
                     if once:
                         return
                     self.signal.after_image.wait(poll_s)
