@@ -63,6 +63,11 @@ def seed(instance: Path, rows: int) -> None:
         store.conn.executemany("INSERT INTO embeddings (image_id, model, vector) VALUES (?, 'ViT-B-32/openai', ?)",
                                [(i + 1, vectors[i].tobytes()) for i in range(rows)])
     store.conn.execute("ANALYZE")
+    # The index is built once, as `clip-curator index` would: searches then find it in step.
+    from gallery.instance import Instance
+    from search.service import open_index
+
+    open_index(store, Instance(instance), "ViT-B-32/openai").sync()
     store.close()
 
 
@@ -121,9 +126,14 @@ def search_figures(instance: Path, clip, repeats: int) -> list[tuple[str, float,
     base = Searcher(store, FullContext(clip), open_index(store, Instance(instance), clip.id))
     base.text("warm up")
     baseline = timed(lambda i: base.text(f"{QUERIES[i % 6]} {i}", 24), repeats)
+    import torch as _torch
+
+    with _torch.inference_mode():
+        tower = timed(lambda i: clip.model.encode_text(clip.tokenizer([f"{QUERIES[i % 6]} {i}"])), 20)
     return [("text query, cold (a new query each time)", ms(cold, 50), ms(cold, 99)),
             ("text query, cached (the same query again)", ms(cached, 50), ms(cached, 99)),
-            ("baseline: full context, no cache, fingerprint re-read", ms(baseline, 50), ms(baseline, 99))]
+            ("baseline: full context, no cache, fingerprint re-read", ms(baseline, 50), ms(baseline, 99)),
+            ("for scale: open_clip's encode_text alone, full context", ms(tower, 50), ms(tower, 99))]
 
 
 def bulk_figures(instance: Path) -> list[tuple[str, float]]:
@@ -220,6 +230,8 @@ def main(argv=None) -> int:
     for name, p50, p99 in rows:
         print(f"| {name} | {p50:.1f} | {p99:.1f} |")
     print(f"\ncold query vs baseline: {rows[2][1] / rows[0][1]:.1f}x faster; cached: {rows[2][1] / rows[1][1]:.0f}x")
+    print("(the text tower is memory-bound: 38M fp32 weights are read for every new query; FINDINGS.md measured "
+          "its full-context pass at 40 ms on a quiet machine of this kind)")
     print("PASS" if rows[0][1] < 20 else "FAIL", f": text query p50 {rows[0][1]:.1f} ms (target < 20 ms)")
     (one, t_one), (each, t_each) = bulk_figures(instance)
     print(f"\n| action | s |\n|---|---|\n| {one} | {t_one:.3f} |\n| {each} | {t_each:.3f} |")

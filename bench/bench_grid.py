@@ -99,16 +99,22 @@ def main(argv=None) -> int:
 
     from gallery.store import Filters, ImageRow
     from gallery.web import create_app
-    from gallery.web.context import get_store
+    from gallery.web.browse import Listing
+    from gallery.web.context import get_store, services
+    from gallery.web.params import GridQuery
+    from search.stacks import stack_page
 
     app = create_app({"INSTANCE": str(instance)})
 
     @app.route("/offset-baseline")
-    def offset_baseline():  # the same deep page, fetched the way keyset pagination avoids
-        rows = [ImageRow.from_row(r) for r in get_store().conn.execute(
-            "SELECT * FROM images ORDER BY id DESC LIMIT 60 OFFSET ?", (a.rows - 1000,))]
-        return render_template("browse/grid.html", images=rows, hits=None, q="", filters=Filters(), error=None,
-                               next_before=rows[-1].id, page=1, favourites=False)
+    def offset_baseline():  # the same deep page, fetched the way keyset pagination avoids, shown the same way
+        store = get_store()
+        rows = [ImageRow.from_row(r) for r in store.conn.execute(
+            "SELECT * FROM images WHERE rejected IS NULL AND upscaler IS NULL ORDER BY id DESC LIMIT 60 OFFSET ?",
+            (a.rows - 1000,))]
+        page = Listing(stack_page(store, rows, services().search_model(store)), next={"before": rows[-1].id})
+        return render_template("browse/grid.html", view="gallery", title="Gallery", listing=page, q="",
+                               args=GridQuery(), filters=Filters(), empty="")
 
     client = app.test_client()
     figures = [

@@ -58,7 +58,7 @@ class CurationMixin:
     def _family(self, image_ids: list[int]) -> list[int]:
         # The images and their upscales (children), each once, parents first.
         rows = self.conn.execute(
-            "SELECT value FROM json_each(?1) UNION SELECT id FROM images WHERE parent_id IN "
+            "SELECT value FROM json_each(?1) UNION SELECT id FROM images INDEXED BY images_parent WHERE parent_id IN "
             "(SELECT value FROM json_each(?1))", (_ids(image_ids),)).fetchall()
         return sorted({r[0] for r in rows})
 
@@ -111,7 +111,8 @@ class CurationMixin:
             ids = _ids(r[0] for r in doomed)
             files = [p for _, path, anim, _ in doomed for p in (path, anim) if p]
             self.conn.executemany("INSERT OR IGNORE INTO purge_queue (path) VALUES (?)", [(p,) for p in files])
-            self.conn.execute("UPDATE images SET parent_id = NULL WHERE parent_id IN (SELECT value FROM json_each(?))",
+            self.conn.execute("UPDATE images INDEXED BY images_parent SET parent_id = NULL "
+                              "WHERE parent_id IN (SELECT value FROM json_each(?))",
                               (ids,))
             self.conn.execute("DELETE FROM embeddings WHERE image_id IN (SELECT value FROM json_each(?))", (ids,))
             self.conn.execute("DELETE FROM images WHERE id IN (SELECT value FROM json_each(?))", (ids,))

@@ -172,13 +172,18 @@ class ImagesMixin:
 
     def children(self, image_id: int) -> list[ImageRow]:
         """Images derived from this one (upscales), oldest first."""
-        return [ImageRow.from_row(r) for r in self._rows("SELECT * FROM images WHERE parent_id = ? ORDER BY id",
+        return [ImageRow.from_row(r) for r in self._rows("SELECT * FROM images INDEXED BY images_parent WHERE parent_id = ? ORDER BY id",
                                                          (image_id,))]
 
     def children_of(self, image_ids: list[int]) -> list[ImageRow]:
-        """The upscales of any of these images (those not in the trash), oldest first."""
+        """The upscales of any of these images (those not in the trash), oldest first.
+
+        Lookups by parent name their index: where most rows have no parent, SQLite's statistics
+        (after ANALYZE) make it scan the table instead, 500 times slower for a page of 60.
+        """
         return [ImageRow.from_row(r) for r in self._rows(
-            "SELECT * FROM images WHERE parent_id IN (SELECT value FROM json_each(?)) AND rejected IS NULL "
+            "SELECT * FROM images INDEXED BY images_parent WHERE parent_id IN (SELECT value FROM json_each(?)) "
+            "AND rejected IS NULL "
             "ORDER BY id", (_ids_json(image_ids),))]
 
     def image_by_source(self, source_path: str) -> ImageRow | None:
@@ -200,7 +205,7 @@ class ImagesMixin:
         """Delete an image row (and its embeddings); returns the relative paths of its files."""
         row = self.get_image(image_id)
         with self.transaction():
-            self.conn.execute("UPDATE images SET parent_id = NULL WHERE parent_id = ?", (image_id,))
+            self.conn.execute("UPDATE images INDEXED BY images_parent SET parent_id = NULL WHERE parent_id = ?", (image_id,))
             self.conn.execute("DELETE FROM embeddings WHERE image_id = ?", (image_id,))
             self.conn.execute("DELETE FROM images WHERE id = ?", (image_id,))
             if row.job_id is not None:
