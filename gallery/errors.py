@@ -60,6 +60,12 @@ class SchemaTooNew(CuratorError):
     status = 500
 
 
+class DatabaseBusy(CuratorError):
+    """Another process kept the database locked past the waiting time; nothing was changed."""
+
+    status = 503
+
+
 class JobBusy(CuratorError):
     """The job is being run by another live worker."""
 

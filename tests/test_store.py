@@ -155,3 +155,28 @@ def test_sessions_are_revocable(store):
     assert store.end_all_sessions() == 1 and not store.session_valid(b)
     # Only a hash of the token is kept: the database alone cannot forge a session.
     assert b not in str(store.conn.execute("SELECT * FROM sessions").fetchall())
+
+
+HOLD_READ_MARKS = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 123, 0)  # the WAL index's five read-mark locks
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_write_outlasts_sqlites_own_patience_with_a_lost_lock_race(store):
+    # A process that holds the WAL's read marks makes SQLite give up with "locking protocol" after
+    # about ten seconds; the transaction starts again once they are free, and the write lands.
+    job = store.create_job("generate", "{}", 1, 0)
+    image_id = _image(store, job, 0)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_READ_MARKS, f"{store.path}-shm", "11"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        store.set_starred([image_id], True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.get_image(image_id).starred

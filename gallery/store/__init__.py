@@ -9,12 +9,13 @@ embeddings, sessions.
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
-from ..errors import SchemaTooNew
+from ..errors import DatabaseBusy, SchemaTooNew
 from .curation import CurationMixin
 from .embeddings import EmbeddingsMixin
 from .images import ImagesMixin
@@ -22,6 +23,43 @@ from .jobs import JobsMixin, now, worker_id
 from .rows import JOB_KINDS, JOB_STATUSES, Embedding, Filters, ImageRow, Job, NewImage
 from .schema import SCHEMA_VERSION, target_after, upgrade
 from .sessions import SessionsMixin
+
+# SQLite gives up on a write lock with SQLITE_BUSY after the busy timeout, and on the WAL's read
+# marks with SQLITE_PROTOCOL after about ten seconds of losing the race for them. A lost race is
+# run again, a few times, where that is safe: a statement outside a transaction (it did nothing) and
+# a whole migration step (it re-checks the version). Then the user gets DatabaseBusy, nothing changed.
+LOCK_ATTEMPTS = 3
+
+
+def _code(error: BaseException | None) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF  # the primary code under an extended one
+
+
+def _lost_race(error: BaseException | None) -> bool:
+    return _code(error) == sqlite3.SQLITE_PROTOCOL
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that runs a statement again after a lost lock race, and names a lock it cannot get."""
+
+    path: Path
+
+    def execute(self, sql, parameters=()):
+        attempt = 1
+        while True:
+            again = not self.in_transaction  # inside one, the statement may have changed something
+            try:
+                return super().execute(sql, parameters)
+            except sqlite3.OperationalError as e:
+                if _code(e) not in (sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_BUSY):
+                    raise
+                if not (again and _lost_race(e)) or attempt == LOCK_ATTEMPTS:
+                    raise DatabaseBusy(f"{self.path} stayed locked by another process ({e}); nothing was "
+                                       "changed, try again") from e
+            time.sleep(0.05 * attempt)
+            attempt += 1
+
 
 __all__ = ["Store", "Job", "ImageRow", "NewImage", "Embedding", "Filters", "JOB_KINDS", "JOB_STATUSES",
            "SCHEMA_VERSION", "now", "worker_id"]
@@ -33,7 +71,9 @@ class Store(JobsMixin, ImagesMixin, CurationMixin, EmbeddingsMixin, SessionsMixi
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False,
+                               factory=_Connection)
+        conn.path = self.path
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -66,7 +106,12 @@ class Store(JobsMixin, ImagesMixin, CurationMixin, EmbeddingsMixin, SessionsMixi
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:  # SQLite leaves some failed commits open, rolls back others
+                self.conn.execute("ROLLBACK")
+            raise
 
     @property
     def schema_version(self) -> int:
@@ -80,11 +125,17 @@ class Store(JobsMixin, ImagesMixin, CurationMixin, EmbeddingsMixin, SessionsMixi
             raise SchemaTooNew(f"{self.path} has schema {version}, newer than this clip-curator "
                                f"({SCHEMA_VERSION}): upgrade clip-curator")
         db = sqlite_utils.Database(self.conn)
+        attempt = 1
         while version < SCHEMA_VERSION:
-            with self.transaction():
-                if self.schema_version == version:  # else another process migrated meanwhile
-                    upgrade(db, version)
-                    self.conn.execute(f"PRAGMA user_version = {target_after(version)}")
+            try:
+                with self.transaction():
+                    if self.schema_version == version:  # else another process migrated meanwhile
+                        upgrade(db, version)
+                        self.conn.execute(f"PRAGMA user_version = {target_after(version)}")
+            except DatabaseBusy as e:  # the step was rolled back whole
+                if not _lost_race(e.__cause__) or attempt == LOCK_ATTEMPTS:
+                    raise
+                attempt += 1
             version = self.schema_version
 
     def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
