@@ -60,7 +60,8 @@ def test_a_database_of_the_first_release_keeps_every_row_embedding_and_star(tmp_
     after = sqlite3.connect(db)
     migrated = after.execute("SELECT * FROM images ORDER BY id").fetchall()
     assert [r[:len(before_images[0])] for r in migrated] == before_images  # every column as it was
-    assert [r[len(before_images[0]):] for r in migrated] == [(0, None)] * 4  # unrated, not rejected
+    # unrated, not rejected, made on no recorded node, from no template
+    assert [r[len(before_images[0]):] for r in migrated] == [(0, None, None, None)] * 4
     assert after.execute("SELECT image_id, model, vector FROM embeddings ORDER BY model, image_id").fetchall() \
         == before_emb
     assert after.execute("SELECT * FROM jobs ORDER BY id").fetchall() == before_jobs

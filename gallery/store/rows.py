@@ -80,6 +80,8 @@ class ImageRow:
     upscaler: str | None
     rating: int = 0
     rejected: str | None = None
+    node: str | None = None
+    template: str | None = None
 
     @classmethod
     def from_row(cls, row) -> "ImageRow":
@@ -122,6 +124,8 @@ class NewImage:
     source_size: int | None = None
     source_mtime: float | None = None
     upscaler: str | None = None
+    node: str | None = None
+    template: str | None = None
 
 
 @dataclass(frozen=True)

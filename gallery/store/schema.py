@@ -121,8 +121,29 @@ def _m3_sessions_and_triage(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+_V5 = (
+    # Where an image was made (a node of a cluster; ``device`` already says which device there),
+    # and the prompt template its prompt was expanded from (NULL for a plain prompt).
+    "ALTER TABLE images ADD COLUMN node TEXT",
+    "ALTER TABLE images ADD COLUMN template TEXT",
+    # Collections: named sets of images (an imported folder becomes one). Deleting an image takes
+    # it out of its collections; names are unique without regard to case.
+    "CREATE TABLE collections (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, "
+    "created TEXT NOT NULL)",
+    "CREATE TABLE collection_images (collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE, "
+    "image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE, added TEXT NOT NULL, "
+    "PRIMARY KEY (collection_id, image_id)) WITHOUT ROWID",
+    "CREATE INDEX collection_images_image ON collection_images(image_id)",
+)
+
+
+def _m4_provenance_and_collections(db: sqlite_utils.Database) -> None:
+    for sql in _V5:
+        db.execute(sql)
+
+
 # MIGRATIONS[v] takes a database from version v to v + 1.
-MIGRATIONS = {3: _m3_sessions_and_triage}
+MIGRATIONS = {3: _m3_sessions_and_triage, 4: _m4_provenance_and_collections}
 SCHEMA_VERSION = FIRST_RELEASED + len(MIGRATIONS)
 
 
