@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from gallery.console import generation, library, server
+from gallery.console import generation, library, prompting, server
 from gallery.console.base import Ctx, Group
 from gallery.instance import ENV_INSTANCE, Instance, default_root
 
@@ -37,7 +37,7 @@ def main(ctx, instance: Path):
     ctx.obj = Ctx(Instance(instance))
 
 
-for module in (generation, library, server):
+for module in (generation, library, prompting, server):
     for name in sorted(vars(module)):
         if isinstance(getattr(module, name), click.Command):
             main.add_command(getattr(module, name))

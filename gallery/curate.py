@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from .errors import BadRequest
 from .instance import Instance
@@ -70,9 +70,10 @@ class BulkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: Ids
-    action: Annotated[Literal["star", "unstar", "reject", "restore", "rate", "upscale"],
-                      Field(description="star, unstar, reject, restore, rate or upscale")]
+    action: Annotated[Literal["star", "unstar", "reject", "restore", "rate", "upscale", "collect", "uncollect"],
+                      Field(description="star, unstar, reject, restore, rate, upscale, collect or uncollect")]
     rating: Annotated[Whole | None, Field(ge=0, le=5, description="a whole number from 0 to 5")] = None
+    collection: Annotated[StrictStr | None, Field(max_length=200, description="a collection name")] = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ def apply(store: Store, request: BulkRequest | dict) -> BulkResult:
         if req.rating is None:
             raise BadRequest("rating is required to rate images")
         store.set_rating(ids, req.rating)
+    elif req.action in ("collect", "uncollect"):
+        if req.collection is None:
+            raise BadRequest(f"collection is required to {req.action} images")
+        if req.action == "collect":
+            ids = store.add_to_collection(req.collection, ids)  # those new to it: what an undo takes out
+        else:
+            store.require_images(ids)
+            store.remove_from_collection(req.collection, ids)
     elif req.action == "reject":
         ids = store.reject(ids)
     else:

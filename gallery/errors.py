@@ -42,6 +42,10 @@ class JobNotFound(NotFound):
     """No job with that id."""
 
 
+class CollectionNotFound(NotFound):
+    """No collection by that name."""
+
+
 class WeightsMissing(CuratorError):
     """Model weights are not in the cache and cannot be downloaded."""
 

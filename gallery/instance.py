@@ -124,6 +124,16 @@ class Instance:
         return self.root / "reproduced"
 
     @property
+    def modifiers_path(self) -> Path:
+        """The user's own style modifiers, added to (or overriding) the shipped library."""
+        return self.root / "modifiers.json"
+
+    @property
+    def wildcards_dir(self) -> Path:
+        """Wildcard files for prompt variations (``__colours__`` reads ``colours.txt``)."""
+        return self.root / "wildcards"
+
+    @property
     def config_path(self) -> Path:
         """The settings file."""
         return self.root / "config.json"

@@ -25,7 +25,7 @@ from .imaging import open_image
 from .validate import parse
 
 PNG_KEY = "clip-curator:recipe"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: prompt variations, modifiers and guide images from the collection
 SEED_MAX = 2 ** 63 - 1  # seeds are SQLite integers; image i of a job is seeded seed + i
 # PNG text chunks may not hold NUL, and no other control character belongs in a prompt either.
 _PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
@@ -75,6 +75,23 @@ class Recipe:
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"],
                          Field(description="auto, fp32, bf16 or fp16")] = "auto"
     batch_size: Annotated[StrictInt, _whole(1, 64)] = 1
+    # Prompt variations: ``prompt`` of a job is a template ("{castle|cathedral} at dusk") expanded
+    # per image; an image's recipe holds its own expansion, and the template in ``template``.
+    variations: Annotated[Literal["none", "combinatorial", "random"],
+                          Field(description="none, combinatorial or random")] = "none"
+    template: Annotated[Text | None, Field(description="the template the prompt was expanded from")] = None
+    # Style modifiers appended to the prompt, by name (the prompt already holds their text).
+    modifiers: Annotated[tuple[Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=_PRINTABLE)], ...],
+                         Field(max_length=32, description="a list of modifier names")] = ()
+    # Guide images CLIP picks from the gallery, per image: how many, from where, how strongly, and
+    # (for an image's recipe) the ones picked, as "ID:SHA256", which also appear as image prompts.
+    guides: Annotated[StrictInt, _whole(0, 16)] = 0
+    guide_pool: Annotated[StrictStr, Field(max_length=120, pattern=r"^(starred|all|rating:[1-5]|collection:[^\x00-\x1f\x7f/]+)$",
+                                           description="starred, all, rating:N or collection:NAME")] = "starred"
+    guide_weight: Annotated[Number, _number(0, 10)] = 1.0
+    guide_init: Annotated[Number, _number(0, 0.95)] = 0.0
+    guide_images: Annotated[tuple[Annotated[StrictStr, Field(pattern=r"^[0-9]+:[0-9a-f]{64}$")], ...],
+                            Field(max_length=16, description='a list of "ID:SHA256" guide images')] = ()
     version: Annotated[StrictInt, _whole(1, RECIPE_VERSION, "a recipe version")] = field(default=RECIPE_VERSION)
 
     def validate(self) -> "Recipe":
@@ -103,7 +120,8 @@ class Recipe:
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
         d = asdict(self)
-        d["image_prompts"] = list(self.image_prompts)
+        for name in ("image_prompts", "modifiers", "guide_images"):
+            d[name] = list(getattr(self, name))
         return d
 
     def to_json(self) -> str:

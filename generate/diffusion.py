@@ -75,7 +75,18 @@ def prepare(recipe: Recipe, instance: Instance, store: Store | None = None, fetc
     missing once everything else has been found good.
     """
     recipe = complete(recipe)
-    parse_prompt(recipe.prompt)
+    if recipe.variations == "none" or recipe.template is not None:  # a template is checked per expansion
+        parse_prompt(recipe.prompt)
+    if recipe.guides and not recipe.guide_images:
+        if store is None:
+            raise BadRequest("guide images come from the gallery: open one to use --guides")
+        from .guides import candidates
+
+        candidates(store, recipe.guide_pool, P.clip_spec(recipe.clip_model).id)
+    if recipe.guide_images:
+        from .guides import check_recorded
+
+        check_recorded(store, recipe)
     if recipe.init_image:
         load_image_ref(recipe.init_image, store, instance)
     for spec in recipe.image_prompts:

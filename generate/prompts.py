@@ -23,14 +23,17 @@ class WeightedText:
     weight: float
 
 
-def _split_unescaped(s: str, sep: str) -> list[str]:
-    parts, cur, i = [], [], 0
+def split_unescaped(s: str, sep: str, braces: bool = False) -> list[str]:
+    """Split at unescaped ``sep``; with ``braces``, not inside a variation template's ``{...}``."""
+    parts, cur, i, depth = [], [], 0, 0
     while i < len(s):
         if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "|:\\":
             cur.append(s[i:i + 2])
             i += 2
             continue
-        if s[i] == sep:
+        if braces and s[i] in "{}":
+            depth = max(0, depth + (1 if s[i] == "{" else -1))
+        if s[i] == sep and not depth:
             parts.append("".join(cur))
             cur = []
         else:
@@ -63,8 +66,8 @@ def parse_prompt(prompt: str) -> list[WeightedText]:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadRequest(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
     out = []
-    for part in _split_unescaped(prompt, "|"):
-        pieces = _split_unescaped(part, ":")
+    for part in split_unescaped(prompt, "|"):
+        pieces = split_unescaped(part, ":")
         if len(pieces) > 2:
             raise BadRequest(f"prompt part {part.strip()!r} has more than one weight")
         text = _unescape(pieces[0]).strip()

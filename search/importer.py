@@ -21,6 +21,7 @@ from gallery.imaging import load_rgb
 from gallery.instance import Instance
 from gallery.recipe import read_png_recipe
 from gallery.store import Embedding, ImageRow, NewImage, Store
+from gallery.store.collections import check_name
 
 from .embed import Embedder
 
@@ -35,6 +36,8 @@ class ImportReport:
     updated: list[int] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # every image the folder's files are, new or not
+    collection: str | None = None
 
 
 def walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
@@ -89,16 +92,25 @@ def _recipe_of(path: Path) -> tuple[str, str]:
     return json.dumps({"prompt": "", "imported_from": path.name}), ""
 
 
-def import_folder(store: Store, embedder: Embedder, instance: Instance, folder: Path, progress=None) -> ImportReport:
-    """Import every image under ``folder``; returns what was added, updated and skipped."""
+def import_folder(store: Store, embedder: Embedder, instance: Instance, folder: Path, progress=None,
+                  collection: str | None = "") -> ImportReport:
+    """Import every image under ``folder``; returns what was added, updated and skipped.
+
+    The folder's images make up a collection named after it (``collection`` names another one;
+    None makes none), so "my watercolours" can be searched, filtered and used for guides.
+    """
+    folder = Path(folder)
+    name = check_name(folder.resolve().name if collection == "" else collection) if collection is not None else None
     sweep_temp(instance.imported_dir)
-    report = ImportReport()
-    for path in list(walk(Path(folder), report.skipped)):
+    report = ImportReport(collection=name)
+    for path in list(walk(folder, report.skipped)):
         try:
             Importer(store, embedder, instance, report).one(path.resolve())
         finally:
             if progress:
                 progress(1)
+    if name and report.ids:
+        store.add_to_collection(name, report.ids)
     return report
 
 
@@ -121,6 +133,7 @@ class Importer:
         existing = self.store.image_by_source(str(path))
         if existing and existing.source_size == st.st_size and existing.source_mtime == st.st_mtime:
             self.report.unchanged += 1
+            self.report.ids.append(existing.id)
             return
         try:
             image = load_rgb(path)
@@ -137,11 +150,13 @@ class Importer:
     def _already_here(self, existing: ImageRow | None, sha: str, source: tuple) -> bool:
         if existing and existing.sha256 == sha:  # touched, not changed
             self.store.update_source(existing.id, source)
+            self.report.ids.append(existing.id)
             return True
         same = self.store.image_by_sha256(sha)
         if same and not existing:  # these bytes are in the gallery already
             if same.source_path is None:
                 self.store.update_source(same.id, source)
+            self.report.ids.append(same.id)
             return True
         return False
 
@@ -155,6 +170,7 @@ class Importer:
             sha256=sha, source_path=source[0], source_size=source[1], source_mtime=source[2]),
             Embedding(self.embedder.id, vector))
         (self.report.updated if existing else self.report.added).append(image_id)
+        self.report.ids.append(image_id)
 
     def _forget(self, row: ImageRow) -> None:
         # The file's old version: its row goes, and its copy too unless another row shares it.

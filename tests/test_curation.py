@@ -54,7 +54,7 @@ def test_bulk_actions_are_one_transaction_and_an_unknown_id_changes_nothing(stor
     assert [store.get_image(i).rating for i in (a, b)] == [4, 4]
     with pytest.raises(BadRequest, match="rating must be a whole number from 0 to 5"):
         apply(store, {"ids": [a], "action": "rate", "rating": 9})
-    with pytest.raises(BadRequest, match="action must be star, unstar, reject, restore, rate or upscale"):
+    with pytest.raises(BadRequest, match="action must be star, unstar, reject, restore, rate, upscale, collect or uncollect"):
         apply(store, {"ids": [a], "action": "burn"})
     assert [r.id for r in store.page_images(Filters(min_rating=4))] == [b, a]
 

@@ -35,19 +35,37 @@ from .base import Ctx, command, device_option, need, progress_bar
 @click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Images sampled together.")
 @click.option("--save-every", type=int, help="Keep a frame every k steps for the animation.")
+@click.option("--variations", type=click.Choice(["auto", "combinatorial", "random", "none"]), default="auto",
+              show_default=True, help="Expand {a|b} and __wildcards__ in the prompt per image: every combination "
+              "in turn, or drawn by each image's seed; auto is combinatorial when the prompt has any.")
+@click.option("--modifiers", "modifier_names", help="Style modifiers to append, by name: artstation,oil (see `modifiers`).")
+@click.option("--guides", default=0, show_default=True, type=int,
+              help="Gallery images CLIP picks per image as image prompts, by similarity to the prompt.")
+@click.option("--guide-pool", default="starred", show_default=True,
+              help="Where guides come from: starred, all, rating:N or collection:NAME.")
+@click.option("--guide-weight", default=1.0, show_default=True, type=float, help="Weight of each guide image.")
+@click.option("--guide-init", default=0.0, show_default=True, type=float,
+              help="Start from the closest guide, keeping this fraction (0-0.95) of the steps' worth of it.")
 @click.option("--queue", is_flag=True, help="Only queue the job, for a worker to run.")
 @click.option("--new", is_flag=True, help="Start a new job even if an identical one is unfinished.")
 @device_option
-def generate(c: Ctx, n, seed, save_every, queue, new, device, **settings):
+def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifier_names, **settings):
     """Generate N images for a prompt (resumes an identical unfinished job).
 
     Example: clip-curator generate -p "a red circle on a white background" --model tiny --n 8
+
+    With variations, modifiers and guides from your starred images:
+    clip-curator generate -p "{castle|cathedral} at dusk" --modifiers oil,artstation --guides 2 --n 8
     """
     from generate.diffusion import resolve_precision
+    from generate.modifiers import with_modifiers
     from generate.models import pick_device
     from generate.queue import check_job, record_job
+    from generate.variations import resolve_mode
 
-    recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"])})
+    recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"]),
+                       "variations": resolve_mode(variations, settings["prompt"])})
+    recipe = with_modifiers(recipe, modifier_names, c.instance)
     resolve_precision(recipe.precision, pick_device(device))
     recipe, request = check_job(c.instance, recipe, {"n": n, "seed": seed, "save_every": save_every},
                                 c.existing_store(), fetch=True)
@@ -55,7 +73,9 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, **settings):
     if job.resumed:
         click.echo(f"resuming job {job.job_id}: {job.done}/{job.n} images already done", err=True)
     else:
-        click.echo(f"job {job.job_id}: {n} image(s) of {recipe.prompt!r}, seeds {job.seed}..{job.seed + n - 1}",
+        click.echo(f"job {job.job_id}: {n} image(s) of {recipe.prompt!r}, seeds {job.seed}..{job.seed + n - 1}"
+                   + (f", {recipe.variations} variations" if recipe.variations != "none" else "")
+                   + (f", {recipe.guides} guide image(s) each from {recipe.guide_pool}" if recipe.guides else ""),
                    err=True)
     if queue:
         click.echo(job.job_id)

@@ -50,8 +50,9 @@ def _searcher(c: Ctx, store):
 @click.option("--since", help="Only images created at or after this date (YYYY-MM-DD).")
 @click.option("--until", help="Only images created before this date (YYYY-MM-DD).")
 @click.option("--keyword", help="Only images whose prompt contains these words.")
+@click.option("--collection", help="Only images in this collection.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
-def search(c: Ctx, query, like_id, k, page, starred, job_id, since, until, keyword, as_json):
+def search(c: Ctx, query, like_id, k, page, starred, job_id, since, until, keyword, collection, as_json):
     """Search the gallery with CLIP by phrase, text arithmetic, or likeness to an image.
 
     Example: clip-curator search '"owl" + "watercolor" - "photo"' --starred -k 12
@@ -61,10 +62,12 @@ def search(c: Ctx, query, like_id, k, page, starred, job_id, since, until, keywo
     if page < 1:
         raise BadRequest(f"--page must be at least 1, not {page}")
     filters = Filters(starred=starred, job_id=job_id, since=parse_day(since, "--since"),
-                      until=parse_day(until, "--until"), keyword=keyword)
+                      until=parse_day(until, "--until"), keyword=keyword, collection=collection)
     store = c.existing_store()
     if store is None:
         return
+    if collection is not None:
+        store.collection_id(collection)
     searcher = _searcher(c, store)
     offset = (page - 1) * k
     hits = (searcher.like(like_id, k, offset, filters) if like_id is not None
@@ -112,10 +115,13 @@ def index(c: Ctx, rebuild):
 
 @command(name="import")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def import_(c: Ctx, folder):
-    """Import a folder of PNG/JPEG/WebP images (new or changed files only).
+@click.option("--collection", "collection", default="", help="Collection to put the images in (default: the "
+              "folder's name).")
+@click.option("--no-collection", is_flag=True, help="Put them in no collection.")
+def import_(c: Ctx, folder, collection, no_collection):
+    """Import a folder of PNG/JPEG/WebP images (new or changed files only) into a collection named after it.
 
-    Example: clip-curator import ~/old-generations
+    Example: clip-curator import ~/art/watercolours
     """
     from tqdm import tqdm
 
@@ -124,11 +130,13 @@ def import_(c: Ctx, folder):
 
     embedder = open_embedder(c.store(), c.instance, c.models())
     with tqdm(unit="file", desc="importing", file=sys.stderr) as bar:
-        report = import_folder(c.store(), embedder, c.instance, folder, progress=bar.update)
+        report = import_folder(c.store(), embedder, c.instance, folder, progress=bar.update,
+                               collection=None if no_collection else collection)
     for path, why in report.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
     click.echo(f"imported {len(report.added)} new, {len(report.updated)} changed, {report.unchanged} unchanged, "
-               f"{len(report.skipped)} skipped")
+               f"{len(report.skipped)} skipped" + (f", in collection {report.collection!r}" if report.collection
+                                                   and report.ids else ""))
 
 
 @command()

@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import DatabaseBusy, SchemaTooNew
+from .collections import Collection, CollectionsMixin, KeepRow
 from .curation import CurationMixin
 from .embeddings import EmbeddingsMixin
 from .images import ImagesMixin
@@ -61,11 +62,11 @@ class _Connection(sqlite3.Connection):
             attempt += 1
 
 
-__all__ = ["Store", "Job", "ImageRow", "NewImage", "Embedding", "Filters", "JOB_KINDS", "JOB_STATUSES",
+__all__ = ["Store", "Collection", "KeepRow", "Job", "ImageRow", "NewImage", "Embedding", "Filters", "JOB_KINDS", "JOB_STATUSES",
            "SCHEMA_VERSION", "now", "worker_id"]
 
 
-class Store(JobsMixin, ImagesMixin, CurationMixin, EmbeddingsMixin, SessionsMixin):
+class Store(JobsMixin, ImagesMixin, CurationMixin, CollectionsMixin, EmbeddingsMixin, SessionsMixin):
     """Named operations over the gallery database."""
 
     def __init__(self, path: str | Path):

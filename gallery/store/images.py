@@ -106,6 +106,10 @@ class ImagesMixin:
         if f.keyword:
             where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
             args.append(fts_query(f.keyword))
+        if f.collection is not None:
+            where.append("id IN (SELECT image_id FROM collection_images WHERE collection_id = "
+                         "(SELECT id FROM collections WHERE name = ?))")
+            args.append(f.collection)
         if f.since:
             where.append("created >= ?")
             args.append(f.since)

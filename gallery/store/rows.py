@@ -148,6 +148,7 @@ class Filters:
     min_rating: int = 0
     trash: bool = False  # only rejected images (else: only those not rejected)
     originals: bool = False  # leave out upscales (they stack with their parent)
+    collection: str | None = None  # only images in the collection of this name
 
 
 SQLITE_INT_MAX = 2 ** 63 - 1

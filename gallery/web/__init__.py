@@ -19,7 +19,7 @@ from gallery.instance import Instance
 from gallery.store.rows import SQLITE_INT_MAX
 from generate.models import ModelCache
 
-from . import api, auth, browse, images, jobs, security
+from . import api, auth, browse, images, jobs, report, security
 from .context import EXTENSION, Services, close_store
 
 MAX_BODY = 1 << 20
@@ -54,7 +54,7 @@ def create_app(test_config: dict | None = None, *, models: ModelCache | None = N
     app.teardown_appcontext(close_store)
     security.init_app(app)
     CSRFProtect(app)
-    for module in (auth, browse, images, jobs, api):
+    for module in (auth, browse, images, jobs, report, api):
         app.register_blueprint(module.bp)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
     app.view_functions["auth.login"] = limiter.limit(

@@ -5,6 +5,8 @@ Every body and query string is validated by one schema; a bad one is a 4xx with
 """
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, abort, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -105,6 +107,12 @@ def bulk():
         return jsonify(action="upscale", ids=req.ids, job=queue_upscale(get_store(), req.ids, {})), 202
     result = apply(get_store(), req)
     return jsonify(action=result.action, ids=result.ids)
+
+
+@bp.get("/report")
+def report():
+    """Keep rate by modifier, guide pool, model, guidance scale and template: {"rows": [...]}."""
+    return jsonify(rows=[{**dataclasses.asdict(r), "keep_rate": r.keep_rate} for r in get_store().keep_report()])
 
 
 @bp.post("/trash/empty")

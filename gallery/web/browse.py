@@ -51,7 +51,7 @@ def _filters(view: str, args: GridQuery) -> Filters:
     base = VIEWS[view][1]
     own = args.filters
     return dataclasses.replace(base, starred=base.starred or own.starred, job_id=own.job_id, keyword=own.keyword,
-                               min_rating=own.min_rating)
+                               min_rating=own.min_rating, collection=own.collection)
 
 
 def _flat(rows: list[ImageRow]) -> list[Stack]:
@@ -120,6 +120,8 @@ def render(view: str, fragment: bool = False):
     title, _ = VIEWS[view]
     context = dict(view=view, title=title, listing=page, q=args.phrase, args=args, filters=_filters(view, args),
                    empty=EMPTY[view] if not args.phrase else "No match for this search and these filters.")
+    if not fragment:
+        context["collections"] = get_store().collections()
     return render_template("browse/cells.html" if fragment else "browse/grid.html", **context)
 
 

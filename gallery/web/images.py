@@ -40,9 +40,14 @@ def page(image_id: int):
     if row.job_id is not None:
         origin_id = store.get_job(row.job_id).params.get("parent")
         origin = store.images_by_ids([origin_id])[0] if origin_id and store.images_by_ids([origin_id]) else None
-    return render_template("images/image.html", image=row, recipe=row.recipe_dict, newer=newer, older=older,
+    recipe = row.recipe_dict
+    guide_ids = [int(str(g).split(":")[0]) for g in recipe.get("guide_images") or [] if str(g).split(":")[0].isdigit()]
+    present = {r.id: r for r in store.images_by_ids(guide_ids)}
+    guides = [(i, present.get(i)) for i in guide_ids]  # None: deleted since
+    return render_template("images/image.html", image=row, recipe=recipe, newer=newer, older=older,
                            similar=similar, parent=parent, children=store.children(image_id), filters=filters,
-                           origin=origin, presets=available_presets(), source_name=_source_name(row))
+                           origin=origin, presets=available_presets(), source_name=_source_name(row),
+                           guides=guides, collections=store.collections_of(image_id))
 
 
 def _source_name(row) -> str | None:

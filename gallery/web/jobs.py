@@ -6,10 +6,10 @@ from datetime import datetime
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from gallery.errors import CuratorError
-from gallery.recipe import Recipe
 from gallery.store import Job
+from generate.modifiers import by_kind
 from generate.presets import DIFFUSION_PRESETS
-from generate.queue import submit
+from generate.queue import prompt_recipe, submit
 
 from .context import get_store, instance
 
@@ -49,12 +49,25 @@ def new():
     form = request.form
     if request.method == "POST":
         fields = {k: form[k] for k in ("n", "seed") if form.get(k, "").strip()}
+        asked = {k: form[k] for k in ("prompt", "model", "variations", "guides", "guide_pool", "guide_weight",
+                                      "guide_init") if form.get(k, "").strip()}
         try:
-            recipe = Recipe(prompt=form.get("prompt", "").strip(), model=form.get("model", "tiny"))
+            recipe = prompt_recipe(instance(), {**asked, "prompt": form.get("prompt", ""),
+                                                "modifiers": form.getlist("modifiers")})
             job = submit(get_store(), instance(), recipe, fields, resume=False)
         except CuratorError as e:
             flash(str(e), "error")
-            return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form), 400
+            return _form(form), 400
         flash(f"Queued job {job.job_id}: {job.n} image(s).", "success")
         return redirect(url_for("jobs.index"))
-    return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form)
+    return _form(form)
+
+
+def _form(form):
+    try:
+        library = by_kind(instance())
+    except CuratorError as e:  # a broken modifiers file of the user's: say so, keep the form usable
+        flash(str(e), "error")
+        library = {}
+    return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form, modifiers=library,
+                           chosen=set(form.getlist("modifiers")), collections=get_store().collections())

@@ -15,7 +15,7 @@ Page = Annotated[Whole, Field(ge=1, le=100_000, description="a page number from 
 
 
 class GridQuery(BaseModel):
-    """?before=ID&starred=1&job=ID&keyword=WORDS&q=PHRASE&page=N&like=ID&k=N&limit=N"""
+    """?before=ID&starred=1&job=ID&keyword=WORDS&collection=NAME&q=PHRASE&page=N&like=ID&k=N&limit=N"""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -26,6 +26,7 @@ class GridQuery(BaseModel):
     order: Annotated[Literal["newest", "rating", "taste"], Field(description="newest, rating or taste")] = "newest"
     job: Id | None = None
     keyword: Annotated[StrictStr | None, Field(max_length=200, description="words of at most 200 characters")] = None
+    collection: Annotated[StrictStr | None, Field(max_length=200, description="a collection name")] = None
     q: Annotated[StrictStr | None, Field(max_length=1000, description="a phrase of at most 1000 characters")] = None
     page: Page = 1
     like: Id | None = None
@@ -36,11 +37,13 @@ class GridQuery(BaseModel):
     def filters(self) -> Filters:
         """The filters these parameters set."""
         keyword = (self.keyword or "").strip() or None
-        return Filters(starred=self.starred, job_id=self.job, keyword=keyword, min_rating=self.rating)
+        return Filters(starred=self.starred, job_id=self.job, keyword=keyword, min_rating=self.rating,
+                       collection=(self.collection or "").strip() or None)
 
     def link(self, **changes) -> dict:
         """Query parameters of a link to this listing with some of them changed (defaults left out)."""
         values = {"starred": 1 if self.starred else None, "job": self.job, "keyword": self.keyword,
+                  "collection": self.collection,
                   "q": self.q, "rating": self.rating or None,
                   "order": None if self.order == "newest" else self.order, **changes}
         return {k: v for k, v in values.items() if v is not None}

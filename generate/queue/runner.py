@@ -20,13 +20,14 @@ from gallery.errors import Cancelled, JobBusy
 from gallery.files import is_temp, sha256_file
 from gallery.imaging import write_png
 from gallery.instance import Instance
-from gallery.recipe import Recipe, png_info
+from gallery.recipe import png_info
 from gallery.store import Embedding, Job, NewImage, Store, worker_id
 
 from ..animation import animation_suffix, write_animation
 from ..diffusion import Generator, to_uint8
 from ..models import ModelCache, pick_device
 from ..sampler import Step
+from .plan import ImagePlan
 
 
 @dataclass(frozen=True)
@@ -124,15 +125,18 @@ class GenerateRunner:
         """Nothing to release: the models belong to whoever made the cache."""
 
     def _run(self, job: Job) -> None:
-        recipe = Recipe.from_json(job.recipe)
-        gen = Generator(recipe, self.models, self.device, self.store)
+        plan = ImagePlan(job, self.store, self.instance, self.models, self.device)
         remove_orphans(self.store, self.instance, job.id)
-        every = job.params.get("save_every") or max(1, gen.recipe.steps // 25)
+        every = job.params.get("save_every") or max(1, plan.recipe.steps // 25)
         done = self.store.done_indices(job.id)
         pending = [i for i in range(job.n) if i not in done]
-        for start in range(0, len(pending), gen.recipe.batch_size):
+        gen, finished = None, job.n - len(pending)
+        for recipe, indices in plan.batches(pending, plan.recipe.batch_size):
             self.stop.check(between_images=True)
-            self._batch(job, gen, pending[start:start + gen.recipe.batch_size], every, job.n - len(pending) + start)
+            if gen is None or gen.recipe.with_seed(0) != recipe.with_seed(0):
+                gen = Generator(recipe, self.models, self.device, self.store)
+            self._batch(job, gen, indices, every, finished)
+            finished += len(indices)
 
     def _callback(self, job: Job, frames: list[list[np.ndarray]], every: int, done: int) -> Callable[[Step], None]:
         # Keeps animation frames, heartbeats (at most every heartbeat_s) and checks for cancel.
@@ -177,5 +181,6 @@ class GenerateRunner:
         self.store.add_image(NewImage(
             path=self.instance.rel(png), animation_path=self.instance.rel(anim), width=img.width,
             height=img.height, recipe_json=recipe.to_json(), prompt=recipe.prompt, job_id=job.id, idx=index,
-            seed=seed, model=recipe.model, clip_model=gen.clip.id, device=str(self.device), sha256=sha256_file(png)),
+            seed=seed, model=recipe.model, clip_model=gen.clip.id, device=str(self.device), sha256=sha256_file(png),
+            template=recipe.template),
             Embedding(gen.clip.id, embedding))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -19,6 +19,8 @@ from gallery.store import Store
 from gallery.validate import Real, Whole, parse
 
 from ..diffusion import prepare
+from ..modifiers import with_modifiers
+from ..variations import Expander, resolve_mode
 from ..upscale.registry import DEFAULT_MODEL, MODELS
 
 MAX_N = 10_000  # images in one job: a long night's queue on several GPUs
@@ -52,6 +54,31 @@ class RegenerateRequest(BaseModel):
     image_prompt_weight: Annotated[Real, Field(ge=0, le=10, description="a number from 0 to 10")] = 0.0
 
 
+class PromptRequest(BaseModel):
+    """A prompt of the user's own (the site's New prompt form): variations, modifiers and guides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[StrictStr, Field(max_length=2000, description="text of at most 2000 characters")]
+    model: Annotated[StrictStr, Field(max_length=200, description="a model preset name")] = "tiny"
+    variations: Annotated[Literal["auto", "combinatorial", "random", "none"],
+                          Field(description="auto, combinatorial, random or none")] = "auto"
+    modifiers: Annotated[list[StrictStr], Field(max_length=32, description="a list of modifier names")] = []
+    guides: Annotated[Whole, Field(ge=0, le=16, description="a whole number from 0 to 16")] = 0
+    guide_pool: Annotated[StrictStr, Field(max_length=120, description="starred, all, rating:N or collection:NAME")] = "starred"
+    guide_weight: Annotated[Real, Field(ge=0, le=10, description="a number from 0 to 10")] = 1.0
+    guide_init: Annotated[Real, Field(ge=0, le=0.95, description="a number from 0 to 0.95")] = 0.0
+
+
+def prompt_recipe(instance: Instance, request: PromptRequest | dict) -> Recipe:
+    """The recipe a PromptRequest asks for, modifiers appended (checked when it is submitted)."""
+    req = request if isinstance(request, PromptRequest) else parse(PromptRequest, request)
+    prompt = req.prompt.strip()
+    recipe = Recipe(prompt=prompt, model=req.model, variations=resolve_mode(req.variations, prompt), guides=req.guides,
+                    guide_pool=req.guide_pool, guide_weight=req.guide_weight, guide_init=req.guide_init)
+    return with_modifiers(recipe, req.modifiers, instance)
+
+
 class UpscaleRequest(BaseModel):
     """Which upscaler (``POST /api/images/ID/upscale``)."""
 
@@ -78,7 +105,9 @@ def check_job(instance: Instance, recipe: Recipe, request: JobRequest | dict, st
     req = request if isinstance(request, JobRequest) else parse(JobRequest, request)
     if req.seed is not None and req.seed + req.n - 1 > SEED_MAX:
         raise BadRequest(f"seed + n - 1 must be at most {SEED_MAX}, not {req.seed + req.n - 1}")
-    return prepare(recipe, instance, store, fetch=fetch), req
+    recipe = prepare(recipe, instance, store, fetch=fetch)
+    Expander(recipe, req.n, instance).check(req.seed or 0)
+    return recipe, req
 
 
 def submit(store: Store, instance: Instance, recipe: Recipe, request: JobRequest | dict,

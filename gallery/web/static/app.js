@@ -107,6 +107,14 @@ const actions = {
     const r = await bulk(ids, "upscale");
     return r.job ? `Upscale queued as job ${r.job}` : "Already upscaled";
   },
+  async collect(els) {
+    const name = (window.prompt("Add to which collection? (a new name makes one)", actions.lastCollection || "") || "").trim();
+    if (!name) return "Nothing collected";
+    actions.lastCollection = name;
+    const r = await bulk(els.map((el) => Number(el.dataset.id)), "collect", { collection: name });
+    if (r.ids.length) remember(`collect ${r.ids.length}`, () => bulk(r.ids, "uncollect", { collection: name }));
+    return `Added ${r.ids.length} image(s) to ${name}`;
+  },
 };
 
 // Reject or restore: the images (with their upscales) leave this view at once, and come back on undo.
@@ -298,7 +306,7 @@ function gridKeys(ev) {
     s: () => act("star", targets()), f: () => act("star", targets()),
     x: () => { if (!inTrash) act("reject", targets()); },
     r: () => act("restore", inTrash ? targets() : []),
-    z: () => undo(), u: () => act("upscale", targets()),
+    z: () => undo(), u: () => act("upscale", targets()), c: () => act("collect", targets()),
     v: () => { if (current) { select(current); anchor = current; } },
     a: () => cells().forEach((c) => select(c, true)),
     "?": () => { const h = document.getElementById("help"); h.hidden = !h.hidden; },
