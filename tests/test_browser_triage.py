@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from conftest import cells, wait_for
+from conftest import cells, no_alert, wait_for
 
 PAGE = 6
 
@@ -81,7 +81,8 @@ def test_reject_by_key_then_undo_by_key_and_by_the_toast(triage, page):
     shown = len(cells(page))
     keys(page, "x")
     wait_for(lambda: store.get_image(image_id).rejected is not None, what="the reject")
-    assert not first.is_displayed() and len(cells(page)) == shown - 1  # gone from the view, no reload
+    # Gone from the view, no reload (the script hides it once the server has answered).
+    wait_for(lambda: not first.is_displayed() and len(cells(page)) == shown - 1, what="the cell to leave")
     assert "current" in cells(page)[0].get_attribute("class")  # the next image has the focus
     keys(page, "z")
     wait_for(lambda: store.get_image(image_id).rejected is None, what="the undo")
@@ -117,6 +118,27 @@ def test_select_several_and_star_them_in_one_request(triage, page):
     wait_for(lambda: all(store.get_image(i).rating == 3 for i in chosen), what="the bulk rating")
     keys(page, Keys.ESCAPE)
     assert not [c for c in cells(page) if "selected" in c.get_attribute("class")]
+
+
+def test_c_adds_the_selection_to_a_named_collection_and_z_takes_it_out_again(triage, page):
+    from selenium.webdriver.common.keys import Keys
+
+    from gallery.store import Filters
+
+    store = triage["store"]
+    assert [c.name for c in store.collections()] == ["drawn"]  # the imported folder
+    keys(page, "v", Keys.ARROW_RIGHT, "v")
+    chosen = {int(c.get_attribute("data-id")) for c in cells(page) if "selected" in c.get_attribute("class")}
+    keys(page, "c")
+    asked = wait_for(lambda: not no_alert(page) and page.switch_to.alert, what="the name prompt")
+    asked.send_keys("keepers <i>")
+    asked.accept()
+    wait_for(lambda: set(store.ids_matching(Filters(collection="keepers <i>"))) == chosen, what="the collection")
+    keys(page, Keys.ESCAPE, "z")
+    wait_for(lambda: not store.ids_matching(Filters(collection="keepers <i>")), what="the undo")
+    store.add_to_collection("keepers <i>", sorted(chosen))
+    page.get(triage["url"] + "/?collection=keepers+<i>")
+    wait_for(lambda: {int(c.get_attribute("data-id")) for c in cells(page)} == chosen, what="the filtered grid")
 
 
 def test_the_lightbox_moves_past_the_page_and_acts_on_what_it_shows(triage, page):
