@@ -232,3 +232,31 @@ def test_bad_guide_and_collection_settings_get_one_line(cli, store):
     assert store.list_jobs() == []
     with pytest.raises(BadRequest, match="a collection needs a name"):
         store.add_to_collection("  ", [1])
+
+
+def test_a_collection_named_in_the_prompt_ranks_higher_and_pulls_twice_as_hard(store):
+    from gallery.recipe import Recipe
+    from gallery.store import Embedding
+    from generate.guides import NAMED_WEIGHT, pick
+
+    text = np.eye(8, dtype=np.float32)[0]
+
+    def image(name, similarity):
+        v = np.zeros(8, np.float32)
+        v[0], v[1] = similarity, np.sqrt(1 - similarity ** 2)
+        return store.add_image(new_image(path=f"images/x/{name}.png", sha256=name.encode().hex().ljust(64, "0")),
+                               Embedding("c", v))
+
+    near = [image(f"near{i}", 0.60) for i in range(3)]
+    owls = [image(f"owl{i}", 0.56) for i in range(3)]
+    store.add_to_collection("my owls", owls)
+
+    def picks(prompt):
+        recipe = Recipe(prompt=prompt, guides=1, guide_pool="all", guide_weight=1.5)
+        return [pick(store, recipe, seed, text, "c")[0] for seed in range(40)]
+
+    plain, named = picks("an owl at night"), picks("an owl at night in the style of My Owls")
+    assert sum(g.image_id in owls for g in named) > sum(g.image_id in owls for g in plain) + 10
+    assert {g.weight for g in named if g.image_id in owls} == {1.5 * NAMED_WEIGHT}
+    assert {g.weight for g in named if g.image_id in near} <= {1.5} and {g.weight for g in plain} == {1.5}
+    assert picks("an owl at night") == plain  # each image's seed decides its draw
