@@ -57,9 +57,13 @@ def candidates(store: Store, pool: str, clip_id: str) -> tuple[np.ndarray, np.nd
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
 
-def pick(store: Store, recipe: Recipe, seed: int, text: np.ndarray, clip_id: str) -> list[Guide]:
-    """K guides for the image seeded ``seed``, closest first; ``text`` is the prompt's unit CLIP embedding."""
-    ids, vectors = candidates(store, recipe.guide_pool, clip_id)
+def pick(store: Store, recipe: Recipe, seed: int, text: np.ndarray, clip_id: str,
+         pool: tuple[np.ndarray, np.ndarray] | None = None) -> list[Guide]:
+    """K guides for the image seeded ``seed``, closest first; ``text`` is the prompt's unit CLIP embedding.
+
+    ``pool``: the pool's ``candidates``, when the caller has them already (a job picks per image).
+    """
+    ids, vectors = pool if pool is not None else candidates(store, recipe.guide_pool, clip_id)
     sims = vectors @ text.astype(np.float32)
     named = {i for name in store.collection_names_in(recipe.prompt)
              for i in store.ids_matching(Filters(collection=name))}

@@ -260,3 +260,29 @@ def test_a_collection_named_in_the_prompt_ranks_higher_and_pulls_twice_as_hard(s
     assert {g.weight for g in named if g.image_id in owls} == {1.5 * NAMED_WEIGHT}
     assert {g.weight for g in named if g.image_id in near} <= {1.5} and {g.weight for g in plain} == {1.5}
     assert picks("an owl at night") == plain  # each image's seed decides its draw
+
+
+def test_guide_init_starts_from_the_closest_guide_and_each_image_recipe_is_fixed_by_its_seed(cli, instance, drawn,
+                                                                                             models):
+    import torch
+
+    from gallery.instance import Instance
+    from generate.queue.plan import ImagePlan
+
+    store, reds, _ = drawn
+    queued = cli("generate", *TINY, "-p", "a red square", "--guides", 3, "--guide-pool", "all", "--guide-init", 0.5,
+                 "--n", 4, "--seed", 20, "--queue")
+    assert queued.exit_code == 0, queued.output
+    job = store.get_job(int(queued.output.strip().splitlines()[-1]))
+    plan = lambda: ImagePlan(job, store, Instance(instance), models, torch.device("cpu"))  # noqa: E731
+    recipes = [plan().image_recipe(i) for i in range(4)]
+    assert recipes == [plan().image_recipe(i) for i in range(4)]
+    for r in recipes:
+        guides = [int(g.split(":")[0]) for g in r.guide_images]
+        assert r.init_image == str(guides[0]) and r.skip_timesteps == 3  # half of the 6 steps' worth
+        assert [p.split(":")[0] for p in r.image_prompts] == [str(g) for g in guides]
+    assert len({r.guide_images for r in recipes}) > 1  # the seeds vary the draw
+    batches = list(plan().batches(range(4), 4))
+    assert [i for _, run in batches for i in run] == [0, 1, 2, 3]
+    for recipe, run in batches:  # a batch shares one recipe but for the seed
+        assert {recipes[i].guide_images for i in run} == {recipe.guide_images}

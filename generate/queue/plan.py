@@ -7,6 +7,7 @@ however often. Images whose recipes differ only by seed are sampled together in 
 from __future__ import annotations
 
 import json
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from gallery.instance import Instance
 from gallery.recipe import Recipe
 from gallery.store import Job, Store
 
-from ..guides import pick, text_vector, with_guides
+from ..guides import candidates, pick, text_vector, with_guides
 from ..models import ModelCache
 from ..prompts import parse_prompt
 from ..variations import Expander
@@ -35,6 +36,7 @@ class ImagePlan:
         self.recipe = Recipe.from_json(job.recipe)
         self.expander = Expander(self.recipe, job.n, instance)
         self._texts: dict[str, np.ndarray] = {}
+        self._pools: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def image_recipe(self, index: int) -> Recipe:
         """The complete recipe of image ``index``."""
@@ -44,19 +46,27 @@ class ImagePlan:
             clip = self.models.clip(recipe.clip_model, self.device)
             if recipe.prompt not in self._texts:
                 self._texts[recipe.prompt] = text_vector(clip, parse_prompt(recipe.prompt))
-            recipe = with_guides(recipe, pick(self.store, recipe, seed, self._texts[recipe.prompt], clip.id))
+            key = (recipe.guide_pool, clip.id)
+            if key not in self._pools:  # the pool as this run found it
+                self._pools[key] = candidates(self.store, recipe.guide_pool, clip.id)
+            recipe = with_guides(recipe, pick(self.store, recipe, seed, self._texts[recipe.prompt], clip.id,
+                                              self._pools[key]))
         return recipe
 
-    def batches(self, indices: list[int], size: int) -> list[tuple[Recipe, list[int]]]:
-        """Consecutive runs of ``indices`` whose recipes differ only by seed, at most ``size`` long."""
-        out: list[tuple[Recipe, list[int]]] = []
-        last = None
+    def batches(self, indices: Iterable[int], size: int) -> Iterator[tuple[Recipe, list[int]]]:
+        """Consecutive runs of ``indices`` whose recipes differ only by seed, at most ``size`` long.
+
+        Worked out as they are reached, so the first image starts at once and a stop is not kept waiting.
+        """
+        recipe, run, last = None, [], None
         for i in indices:
-            recipe = self.image_recipe(i)
-            key = _without_seed(recipe)
-            if out and key == last and len(out[-1][1]) < size:
-                out[-1][1].append(i)
-            else:
-                out.append((recipe, [i]))
-                last = key
-        return out
+            this = self.image_recipe(i)
+            key = _without_seed(this)
+            if run and (key != last or len(run) == size):
+                yield recipe, run
+                run = []
+            if not run:
+                recipe, last = this, key
+            run.append(i)
+        if run:
+            yield recipe, run
