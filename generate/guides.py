@@ -98,7 +98,7 @@ def check_recorded(store: Store | None, recipe: Recipe) -> None:
         row = next(iter(store.images_by_ids([int(image_id)])), None) if store is not None else None
         if row is None:
             raise BadRequest(f"guide image {image_id} has since been deleted from the gallery (its content hash "
-                             f"was {sha[:12]}); import that file again to reproduce this image")
+                             f"was {sha[:12]}); import that file again to make images from this recipe")
         if row.sha256 and row.sha256 != sha:
             raise BadRequest(f"guide image {image_id} has changed since this image was made "
                              f"(content hash {row.sha256[:12]}, not {sha[:12]})")
