@@ -231,7 +231,19 @@ SIREN_TINY = BackendPreset(
 )
 
 
-BACKEND_PRESETS = {p.name: p for p in (VQGAN_IMAGENET_16384, _biggan_deep(128), _biggan_deep(256),
+# Trained by scripts/train_tiny_vqgan.py on drawn shapes: the same taming architecture at 32x32 (f4).
+VQGAN_TINY = BackendPreset(
+    name="vqgan-tiny", backend="vqgan", clip="tiny",
+    config=dict(embed_dim=32, n_embed=512, image_size=32,
+                ddconfig=dict(double_z=False, z_channels=32, resolution=32, in_channels=3, out_ch=3, ch=32,
+                              ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], dropout=0.0)),
+    weights=WeightsFile(filename="tiny-vqgan.pt", bundled=TINY_DIR / "tiny-vqgan.pt", size=2_168_698,
+                        sha256="0bb8b8e062c949aaa5207d1341ab2acc017d6b131565306f2d1b9ab9af9848e0"),
+    defaults=dict(size=32, iterations=40, lr=0.1, cutn=8, cut_pow=1.0),
+    description="tiny 32x32 VQGAN trained on drawn coloured shapes (offline demo and tests)",
+)
+
+BACKEND_PRESETS = {p.name: p for p in (VQGAN_IMAGENET_16384, VQGAN_TINY, _biggan_deep(128), _biggan_deep(256),
                                        _biggan_deep(512), SIREN, SIREN_TINY)}
 
 

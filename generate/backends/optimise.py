@@ -19,7 +19,7 @@ from typing import Annotated, Callable
 import torch
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, with_config
 
-from gallery.errors import BadRequest, RecipeError
+from gallery.errors import BadRequest, RecipeError, WeightsCorrupt
 from gallery.recipe import Recipe
 from gallery.validate import parse
 
@@ -270,6 +270,37 @@ def weights_path(models, preset, path: str | None = None):
     return W.locate_backend(preset, models.instance, path)
 
 
+class _Opaque:
+    """Stands in for an object of a training checkpoint that loading weights has no use for."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _read_training_checkpoint(path) -> dict:
+    """The state dict of a training checkpoint whose other entries pickle foreign objects.
+
+    A Lightning checkpoint (taming-transformers' last.ckpt) stores callbacks and hyperparameters
+    as objects of classes this process need not have. They are read as inert placeholders under
+    torch's weights-only unpickler, so nothing in the file is ever executed; a file that is not
+    a checkpoint still fails as WeightsCorrupt.
+    """
+    from ..models import _read_state_dict
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        names = []
+    if not names:
+        return _read_state_dict(path)
+    stubs = [(type(name.rsplit(".", 1)[-1], (_Opaque,), {}), name) for name in names]
+    with torch.serialization.safe_globals(stubs):
+        return _read_state_dict(path)
+
+
 def load_checked(model: torch.nn.Module, path, drop_prefixes: tuple[str, ...] = ()) -> torch.nn.Module:
     """Load a checkpoint into model after checking its keys and shapes; frozen, in eval mode.
 
@@ -278,7 +309,10 @@ def load_checked(model: torch.nn.Module, path, drop_prefixes: tuple[str, ...] = 
     """
     from ..models import _read_state_dict, check_state_dict
 
-    sd = _read_state_dict(path)
+    try:
+        sd = _read_state_dict(path)
+    except WeightsCorrupt:
+        sd = _read_training_checkpoint(path)
     sd = {k: v for k, v in sd.items() if not k.startswith(drop_prefixes)}
     check_state_dict(model.state_dict(), sd, path)
     model.load_state_dict(sd)
