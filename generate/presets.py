@@ -243,8 +243,21 @@ VQGAN_TINY = BackendPreset(
     description="tiny 32x32 VQGAN trained on drawn coloured shapes (offline demo and tests)",
 )
 
+# Trained by scripts/train_tiny_biggan.py on drawn shapes: the BigGAN-deep architecture at 32x32,
+# one class per colour, shape and background.
+BIGGAN_TINY = BackendPreset(
+    name="biggan-tiny", backend="biggan", clip="tiny",
+    config=dict(output_dim=32, z_dim=32, class_embed_dim=32, channel_width=16, num_classes=400,
+                layers=[(True, 16, 8), (True, 8, 4), (False, 4, 2), (True, 2, 1)], attention_layer_position=2,
+                eps=1e-4, n_stats=51),
+    weights=WeightsFile(filename="tiny-biggan.pt", bundled=TINY_DIR / "tiny-biggan.pt", size=1_322_507,
+                        sha256="5776266868c107a3dc8c1d17756f0732c6b9c68185b3a15c8485977317ef35c0"),
+    defaults=dict(iterations=40, lr=0.07, cutn=8, cut_pow=1.0, truncation=1.0),
+    description="tiny 32x32 BigGAN-deep-architecture generator trained on drawn coloured shapes (offline demo and tests)",
+)
+
 BACKEND_PRESETS = {p.name: p for p in (VQGAN_IMAGENET_16384, VQGAN_TINY, _biggan_deep(128), _biggan_deep(256),
-                                       _biggan_deep(512), SIREN, SIREN_TINY)}
+                                       _biggan_deep(512), BIGGAN_TINY, SIREN, SIREN_TINY)}
 
 
 def backend_preset(name: str, backend: str | None = None) -> BackendPreset:

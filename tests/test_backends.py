@@ -1,4 +1,4 @@
-"""The optimisation backends (SIREN and VQGAN + CLIP) on the tiny models, through their real code paths."""
+"""The optimisation backends (SIREN, VQGAN, BigGAN + CLIP) on the tiny models, through their real code paths."""
 
 import numpy as np
 import pytest
@@ -9,12 +9,13 @@ from gallery.recipe import Recipe
 from generate import presets as P
 from generate import weights as W
 from generate.backends import generator_class
+from generate.backends.biggan import BigganSettings, build_biggan
 from generate.backends.siren import SirenSettings
 from generate.backends.vqgan import VqganSettings, build_vqgan
 from generate.diffusion import to_uint8
 
 CPU = torch.device("cpu")
-TINY = {"siren": "siren-tiny", "vqgan": "vqgan-tiny"}
+TINY = {"siren": "siren-tiny", "vqgan": "vqgan-tiny", "biggan": "biggan-tiny"}
 SEEDS = [11, 12, 13, 14]
 
 
@@ -59,7 +60,7 @@ def steered(models):
     return run
 
 
-@pytest.mark.parametrize("backend", ["siren", "vqgan"])
+@pytest.mark.parametrize("backend", ["siren", "vqgan", "biggan"])
 def test_red_prompts_make_redder_images_than_blue_prompts(steered, backend):
     images, _ = steered(backend)
     red, blue = redness(images["red"]), redness(images["blue"])
@@ -68,7 +69,7 @@ def test_red_prompts_make_redder_images_than_blue_prompts(steered, backend):
     assert red.mean() - blue.mean() > 20
 
 
-@pytest.mark.parametrize("backend", ["siren", "vqgan"])
+@pytest.mark.parametrize("backend", ["siren", "vqgan", "biggan"])
 def test_the_clip_loss_falls_over_the_iterations(steered, backend):
     _, curves = steered(backend)
     for colour, losses in curves.items():
@@ -77,7 +78,7 @@ def test_the_clip_loss_falls_over_the_iterations(steered, backend):
         assert last < first - 0.05, f"{backend} {colour}: loss went from {first:.3f} to {last:.3f}"
 
 
-@pytest.mark.parametrize("backend", ["siren", "vqgan"])
+@pytest.mark.parametrize("backend", ["siren", "vqgan", "biggan"])
 def test_an_image_depends_only_on_its_seed(models, backend):
     gen = generator(models, backend, settings={"iterations": 4})
     pair = gen.run([5, 6])
@@ -126,7 +127,17 @@ def test_the_real_vqgan_has_the_published_size():
     assert _count(model) == 76_073_859
 
 
-@pytest.mark.parametrize("name", ["vqgan-imagenet-16384"])
+@pytest.mark.parametrize("size,millions,exact", [(128, 50.4, 50_388_609), (256, 55.9, 55_880_833),
+                                                  (512, 56.2, 56_163_905)])
+def test_the_real_biggans_have_the_published_sizes(size, millions, exact):
+    preset = P.BACKEND_PRESETS[f"biggan-deep-{size}"]
+    with torch.device("meta"):
+        model = build_biggan(preset.config)
+    assert round(_count(model) / 1e6, 1) == millions  # as pytorch-pretrained-biggan publishes them
+    assert _count(model) == exact
+
+
+@pytest.mark.parametrize("name", ["vqgan-imagenet-16384", "biggan-deep-256"])
 def test_missing_real_weights_say_where_to_get_them(models, inst, name):
     preset = P.BACKEND_PRESETS[name]
     with pytest.raises(WeightsMissing) as e:
@@ -142,7 +153,7 @@ def _tiny_state(backend):
     return torch.load(preset.weights.bundled, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("backend", ["vqgan"])
+@pytest.mark.parametrize("backend", ["vqgan", "biggan"])
 @pytest.mark.parametrize("damage,message", [("missing", "1 missing"), ("shape", "mis-shaped"),
                                             ("truncated", "not a loadable checkpoint")])
 def test_a_damaged_checkpoint_gets_a_clear_error(models, tmp_path, backend, damage, message):
@@ -181,7 +192,7 @@ def test_a_lightning_checkpoint_loads_without_running_its_pickled_objects(models
     assert torch.equal(gen.run([4]), bundled.run([4]))
 
 
-@pytest.mark.parametrize("backend", ["vqgan"])
+@pytest.mark.parametrize("backend", ["vqgan", "biggan"])
 def test_a_changed_bundled_file_is_caught(backend, inst, tmp_path):
     import dataclasses
 
@@ -198,8 +209,10 @@ def test_a_changed_bundled_file_is_caught(backend, inst, tmp_path):
 @pytest.mark.parametrize("backend,settings,message", [
     ("siren", {"iterations": -1}, "iterations must be a whole number from 1 to 100000, not -1"),
     ("vqgan", {"lr": 0}, "lr must be a number above 0 and at most 10, not 0"),
+    ("biggan", {"truncation": 1.5}, "truncation must be a number above 0 and at most 1, not 1.5"),
     ("vqgan", {"noise": -0.1}, "noise must be a number from 0 to 1, not -0.1"),
     ("siren", {"frame_every": 0}, "frame_every must be a whole number from 1 to 100000, not 0"),
+    ("biggan", {"size": 64}, "unknown setting 'size'"),
     ("vqgan", {"colour": "red"}, "unknown setting 'colour'"),
 ])
 def test_bad_settings_are_one_line_errors(models, backend, settings, message):
@@ -223,6 +236,6 @@ def test_settings_round_trip_and_know_their_defaults():
     s = VqganSettings.from_dict({"iterations": 7, "noise": 0.25})
     assert VqganSettings.from_dict(s.to_dict()) == s and s.cutn == 16 and s.size == 256
     assert SirenSettings.resolve(P.BACKEND_PRESETS["siren"].defaults).layers == 16
-    assert VqganSettings.resolve({"lr": 0.07}, {"iterations": 3}) == VqganSettings(iterations=3, lr=0.07)
+    assert BigganSettings.resolve({"lr": 0.07}, {"iterations": 3}) == BigganSettings(iterations=3, lr=0.07)
     with pytest.raises(BadRequest, match="unknown siren preset 'nope'; choose one of: siren, siren-tiny"):
         generator_class("siren")(Recipe(prompt="a cat", model="nope"), None, CPU)
