@@ -165,3 +165,106 @@ def clip_name_for_id(model_id: str) -> str:
         if spec.id == model_id:
             return name
     return model_id
+
+
+@dataclass(frozen=True)
+class BackendPreset:
+    """A CLIP-steered optimisation backend: its model (architecture and weights) and the settings that suit it."""
+
+    name: str
+    backend: str  # "siren", "vqgan" or "biggan"
+    clip: str
+    # The backend's settings a user leaves unset take these values.
+    defaults: dict
+    config: dict = field(default_factory=dict)
+    weights: WeightsFile | None = None
+    description: str = ""
+
+
+# The ImageNet f16 16384 VQGAN of Esser, Rombach & Ommer (taming-transformers), as VQGAN-CLIP
+# used it; its config (the published model.yaml) is written out here, its checkpoint downloaded.
+VQGAN_IMAGENET_16384 = BackendPreset(
+    name="vqgan-imagenet-16384", backend="vqgan", clip="vit-b-32",
+    config=dict(embed_dim=256, n_embed=16384, image_size=256,
+                ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                              ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)),
+    weights=WeightsFile(filename="vqgan_imagenet_f16_16384.ckpt",
+                        url="https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"),
+    defaults=dict(size=256, iterations=500, lr=0.1, cutn=32, cut_pow=1.0),
+    description="VQGAN-CLIP on the ImageNet f16 16384 VQGAN (taming-transformers)",
+)
+
+# BigGAN-deep (Brock et al. 2019) as pytorch-pretrained-biggan converted it; the layer lists are
+# those of its published config files.
+_BIGGAN_LAYERS = {
+    128: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 4),
+          (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)],
+    256: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 8),
+          (False, 8, 8), (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)],
+    512: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 8),
+          (False, 8, 8), (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1),
+          (False, 1, 1), (True, 1, 1)],
+}
+
+
+def _biggan_deep(size: int) -> BackendPreset:
+    return BackendPreset(
+        name=f"biggan-deep-{size}", backend="biggan", clip="vit-b-32",
+        config=dict(output_dim=size, z_dim=128, class_embed_dim=128, channel_width=128, num_classes=1000,
+                    layers=_BIGGAN_LAYERS[size], attention_layer_position=8, eps=1e-4, n_stats=51),
+        weights=WeightsFile(filename=f"biggan-deep-{size}-pytorch_model.bin",
+                            url=f"https://s3.amazonaws.com/models.huggingface.co/biggan/biggan-deep-{size}-pytorch_model.bin"),
+        defaults=dict(iterations=1050, lr=0.07, cutn=64, cut_pow=1.0, truncation=1.0),
+        description=f"big-sleep on BigGAN-deep {size}x{size} (ImageNet, 1000 classes)",
+    )
+
+
+SIREN = BackendPreset(
+    name="siren", backend="siren", clip="vit-b-32",
+    defaults=dict(size=512, hidden=256, layers=16, iterations=1050, lr=1e-5, cutn=32, cut_pow=1.0),
+    description="deep-daze: a SIREN fitted to CLIP (no weights but CLIP's)",
+)
+SIREN_TINY = BackendPreset(
+    name="siren-tiny", backend="siren", clip="tiny",
+    defaults=dict(size=32, hidden=64, layers=4, iterations=60, lr=1e-3, cutn=8, cut_pow=1.0),
+    description="a small SIREN fitted to the tiny CLIP (offline demo and tests)",
+)
+
+
+# Trained by scripts/train_tiny_vqgan.py on drawn shapes: the same taming architecture at 32x32 (f4).
+VQGAN_TINY = BackendPreset(
+    name="vqgan-tiny", backend="vqgan", clip="tiny",
+    config=dict(embed_dim=32, n_embed=512, image_size=32,
+                ddconfig=dict(double_z=False, z_channels=32, resolution=32, in_channels=3, out_ch=3, ch=32,
+                              ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8], dropout=0.0)),
+    weights=WeightsFile(filename="tiny-vqgan.pt", bundled=TINY_DIR / "tiny-vqgan.pt", size=2_168_698,
+                        sha256="0bb8b8e062c949aaa5207d1341ab2acc017d6b131565306f2d1b9ab9af9848e0"),
+    defaults=dict(size=32, iterations=40, lr=0.1, cutn=8, cut_pow=1.0),
+    description="tiny 32x32 VQGAN trained on drawn coloured shapes (offline demo and tests)",
+)
+
+# Trained by scripts/train_tiny_biggan.py on drawn shapes: the BigGAN-deep architecture at 32x32,
+# one class per colour, shape and background.
+BIGGAN_TINY = BackendPreset(
+    name="biggan-tiny", backend="biggan", clip="tiny",
+    config=dict(output_dim=32, z_dim=32, class_embed_dim=32, channel_width=16, num_classes=400,
+                layers=[(True, 16, 8), (True, 8, 4), (False, 4, 2), (True, 2, 1)], attention_layer_position=2,
+                eps=1e-4, n_stats=51),
+    weights=WeightsFile(filename="tiny-biggan.pt", bundled=TINY_DIR / "tiny-biggan.pt", size=1_322_507,
+                        sha256="5776266868c107a3dc8c1d17756f0732c6b9c68185b3a15c8485977317ef35c0"),
+    defaults=dict(iterations=40, lr=0.07, cutn=8, cut_pow=1.0, truncation=1.0),
+    description="tiny 32x32 BigGAN-deep-architecture generator trained on drawn coloured shapes (offline demo and tests)",
+)
+
+BACKEND_PRESETS = {p.name: p for p in (VQGAN_IMAGENET_16384, VQGAN_TINY, _biggan_deep(128), _biggan_deep(256),
+                                       _biggan_deep(512), BIGGAN_TINY, SIREN, SIREN_TINY)}
+
+
+def backend_preset(name: str, backend: str | None = None) -> BackendPreset:
+    """Look up an optimisation backend's preset by name (of the given backend, if one is named)."""
+    presets = {k: p for k, p in BACKEND_PRESETS.items() if backend is None or p.backend == backend}
+    try:
+        return presets[name]
+    except KeyError:
+        what = f"{backend} preset" if backend else "backend preset"
+        raise UnknownPreset(f"unknown {what} {name!r}; choose one of: {', '.join(presets)}") from None

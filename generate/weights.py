@@ -190,3 +190,51 @@ def fetch_clip(spec: ClipSpec, instance: Instance, progress: bool = True) -> Pat
         return Path(open_clip.download_pretrained(cfg, cache_dir=str(instance.models_dir / "open_clip")))
     except Exception as e:  # open_clip wraps hub and HTTP errors in several types
         raise WeightsMissing(f"could not download CLIP weights for {spec.id} from {url}: {e}") from None
+
+
+def locate_backend(preset, instance: Instance, path: str | None = None) -> Path:
+    """A verified local path to a backend preset's weights (or a given file); WeightsMissing if absent."""
+    if path:
+        given = Path(path).expanduser()
+        if not given.is_file():
+            raise WeightsMissing(f"weights file not found: {given}")
+        return given
+    w = preset.weights
+    if w.bundled is not None:
+        if not w.bundled.is_file():
+            raise WeightsMissing(f"bundled weights {w.bundled} are missing; rebuild them with the training "
+                                 f"script in scripts/ for {preset.name}")
+        verify(w.bundled, w)
+        return w.bundled
+    dest = instance.models_dir / w.filename
+    if not dest.is_file():
+        raise _missing(f"{preset.backend} model {preset.name!r}", w.filename, w.url, dest,
+                       f" (run: clip-curator fetch {preset.name})")
+    verify(dest, w)
+    return dest
+
+
+def fetch_backend(preset, instance: Instance, path: str | None = None, progress: bool = True) -> Path:
+    """A backend preset's weights, downloaded into the instance's model cache first if they are not there."""
+    try:
+        return locate_backend(preset, instance, path)
+    except WeightsMissing:
+        if path or preset.weights.bundled is not None:
+            raise
+    w = preset.weights
+    dest = instance.models_dir / w.filename
+    what = f"{preset.backend} model {preset.name!r}"
+    if not online(urllib.parse.urlparse(w.url).hostname):
+        raise _missing(what, w.filename, w.url, dest, " and cannot be downloaded (offline?)") from None
+    try:
+        download(w.url, dest, progress=progress)
+    except (urllib.error.URLError, OSError) as e:
+        raise WeightsMissing(f"could not download {what} weights from {w.url} ({e}): fetch it and save it "
+                             f"as {dest}") from None
+    try:
+        verify(dest, w)
+    except WeightsCorrupt:
+        dest.unlink(missing_ok=True)
+        raise
+    record_checksum(dest, w.url)
+    return dest
