@@ -25,7 +25,7 @@ from .imaging import open_image
 from .validate import parse
 
 PNG_KEY = "clip-curator:recipe"
-RECIPE_VERSION = 2  # 2: prompt variations, modifiers and guide images from the collection
+RECIPE_VERSION = 3  # 2: variations, modifiers, guide images; 3: the backend and its own settings
 SEED_MAX = 2 ** 63 - 1  # seeds are SQLite integers; image i of a job is seeded seed + i
 # PNG text chunks may not hold NUL, and no other control character belongs in a prompt either.
 _PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
@@ -92,6 +92,13 @@ class Recipe:
     guide_init: Annotated[Number, _number(0, 0.95)] = 0.0
     guide_images: Annotated[tuple[Annotated[StrictStr, Field(pattern=r"^[0-9]+:[0-9a-f]{64}$")], ...],
                             Field(max_length=16, description='a list of "ID:SHA256" guide images')] = ()
+    # Which generator made the image (the model preset's; a recipe before version 3 was guided
+    # diffusion), and that backend's own settings (empty for guided diffusion, whose settings are
+    # the fields above), each checked by the backend.
+    backend: Annotated[Literal["diffusion", "siren", "vqgan", "biggan"] | None,
+                       Field(description="diffusion, siren, vqgan or biggan")] = None
+    settings: Annotated[dict[Annotated[StrictStr, Field(max_length=40)], StrictBool | StrictInt | StrictFloat | StrictStr],
+                        Field(max_length=32, description="a dict of backend settings")] = field(default_factory=dict)
     version: Annotated[StrictInt, _whole(1, RECIPE_VERSION, "a recipe version")] = field(default=RECIPE_VERSION)
 
     def validate(self) -> "Recipe":
@@ -122,6 +129,7 @@ class Recipe:
         d = asdict(self)
         for name in ("image_prompts", "modifiers", "guide_images"):
             d[name] = list(getattr(self, name))
+        d["settings"] = dict(self.settings)
         return d
 
     def to_json(self) -> str:

@@ -68,13 +68,8 @@ def to_tensor(im: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(127.5).sub(1)
 
 
-def prepare(recipe: Recipe, instance: Instance, store: Store | None = None, fetch: bool = False) -> Recipe:
-    """Everything that can be checked before a job is recorded: settings, names, files, weights.
-
-    Weights are only looked for, unless ``fetch`` asks (the CLI does) to download what is
-    missing once everything else has been found good.
-    """
-    recipe = complete(recipe)
+def check_references(recipe: Recipe, instance: Instance, store: Store | None = None) -> None:
+    """What any backend checks of a recipe: its prompt's syntax, its guides and every image it names."""
     if recipe.variations == "none" or recipe.template is not None:  # a template is checked per expansion
         parse_prompt(recipe.prompt)
     if recipe.guides and not recipe.guide_images:
@@ -91,6 +86,16 @@ def prepare(recipe: Recipe, instance: Instance, store: Store | None = None, fetc
         load_image_ref(recipe.init_image, store, instance)
     for spec in recipe.image_prompts:
         load_image_ref(parse_image_prompt(spec).ref, store, instance)
+
+
+def prepare(recipe: Recipe, instance: Instance, store: Store | None = None, fetch: bool = False) -> Recipe:
+    """Everything that can be checked before a job is recorded: settings, names, files, weights.
+
+    Weights are only looked for, unless ``fetch`` asks (the CLI does) to download what is
+    missing once everything else has been found good.
+    """
+    recipe = complete(recipe)
+    check_references(recipe, instance, store)
     if fetch:
         fetch_weights(recipe, instance)
     preset = P.diffusion_preset(recipe.model)
@@ -145,6 +150,11 @@ class Generator:
     def image_recipe_base(self) -> Recipe:
         """The recipe as it is recorded with each image (defaults and precision resolved)."""
         return dataclasses.replace(self.recipe, precision=self.precision)
+
+    @property
+    def frame_every(self) -> int:
+        """Keep an animation frame every this many steps (about 25 frames)."""
+        return max(1, self.recipe.steps // 25)
 
     def run(self, seeds: list[int], callback: Callable[[Step], None] | None = None,
             reuse_forward: bool = True) -> torch.Tensor:

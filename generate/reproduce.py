@@ -13,7 +13,8 @@ from gallery.instance import Instance
 from gallery.recipe import png_info, read_png_recipe
 from gallery.store import Store
 
-from .diffusion import Generator, prepare, to_uint8
+from .diffusion import to_uint8
+from .generators import make, prepare
 from .models import ModelCache, pick_device
 
 
@@ -51,7 +52,7 @@ def reproduce(source: str, instance: Instance, store: Store | None, models: Mode
     original = source_file(source, instance, store)
     recipe, extra = read_png_recipe(original)
     recipe = prepare(recipe, instance, store)
-    pixels = to_uint8(Generator(recipe, models, pick_device(device), store).run([recipe.seed]))[0]
+    pixels = to_uint8(make(recipe, models, pick_device(device), store).run([recipe.seed]))[0]
     out = Path(out) if out else default_output(original, instance)
     if out.suffix.lower() != ".png":
         raise BadRequest(f"{out}: reproductions are written as PNG; give the file a .png suffix")

@@ -190,7 +190,7 @@ def fetch(c: Ctx, model, clip_model):
 
     Example: clip-curator fetch uncond-256
     """
-    from generate.diffusion import fetch_weights
+    from generate.generators import fetch_weights
     from generate.presets import clip_spec
     from generate.weights import fetch_clip
 

@@ -24,7 +24,8 @@ from gallery.recipe import png_info
 from gallery.store import Embedding, Job, NewImage, Store, worker_id
 
 from ..animation import animation_suffix, write_animation
-from ..diffusion import Generator, to_uint8
+from .. import generators
+from ..diffusion import to_uint8
 from ..models import ModelCache, pick_device
 from ..sampler import Step
 from .plan import ImagePlan
@@ -127,14 +128,14 @@ class GenerateRunner:
     def _run(self, job: Job) -> None:
         plan = ImagePlan(job, self.store, self.instance, self.models, self.device)
         remove_orphans(self.store, self.instance, job.id)
-        every = job.params.get("save_every") or max(1, plan.recipe.steps // 25)
+        every = generators.frame_every(plan.recipe, job.params.get("save_every"))
         done = self.store.done_indices(job.id)
         pending = [i for i in range(job.n) if i not in done]
         gen, finished = None, job.n - len(pending)
         for recipe, indices in plan.batches(pending, plan.recipe.batch_size):
             self.stop.check(between_images=True)
             if gen is None or gen.recipe.with_seed(0) != recipe.with_seed(0):
-                gen = Generator(recipe, self.models, self.device, self.store)
+                gen = generators.make(recipe, self.models, self.device, self.store)
             self._batch(job, gen, indices, every, finished)
             finished += len(indices)
 
@@ -158,7 +159,7 @@ class GenerateRunner:
 
         return callback
 
-    def _batch(self, job: Job, gen: Generator, indices: list[int], every: int, done: int) -> None:
+    def _batch(self, job: Job, gen: generators.ImageGenerator, indices: list[int], every: int, done: int) -> None:
         seeds = [job.seed + i for i in indices]
         frames: list[list[np.ndarray]] = [[] for _ in indices]
         x = gen.run(seeds, self._callback(job, frames, every, done))
@@ -168,7 +169,7 @@ class GenerateRunner:
             frames[k].append(pixels[k])
             self._record(job, gen, index, seed, pixels[k], frames[k], embeds[k])
 
-    def _record(self, job: Job, gen: Generator, index: int, seed: int, pixels: np.ndarray,
+    def _record(self, job: Job, gen: generators.ImageGenerator, index: int, seed: int, pixels: np.ndarray,
                 frames: list[np.ndarray], embedding: np.ndarray) -> None:
         # Files first, complete; then the row and its embedding in one transaction.
         recipe = gen.image_recipe_base.with_seed(seed)

@@ -18,7 +18,7 @@ from gallery.recipe import SEED_MAX, Recipe
 from gallery.store import Store
 from gallery.validate import Real, Whole, parse
 
-from ..diffusion import prepare
+from ..generators import prepare, total_steps
 from ..modifiers import with_modifiers
 from ..variations import Expander, resolve_mode
 from ..upscale.registry import DEFAULT_MODEL, MODELS
@@ -125,7 +125,7 @@ def record_job(store: Store, recipe: Recipe, req: JobRequest, resume: bool = Tru
     if job is not None:
         return Submitted(job.id, job.n, job.done, job.seed, True, recipe)
     seed = random_seed() if req.seed is None else req.seed
-    job_id = store.create_job("generate", recipe.to_json(), req.n, seed, params, steps=recipe.steps)
+    job_id = store.create_job("generate", recipe.to_json(), req.n, seed, params, steps=total_steps(recipe))
     return Submitted(job_id, req.n, 0, seed, False, recipe)
 
 
