@@ -83,6 +83,9 @@ def complete(recipe: Recipe) -> Recipe:
         if getattr(recipe, name) != getattr(base, name):
             raise RecipeError(f"{option} is a guided diffusion setting; {recipe.model} ({backend}) takes "
                               f"{', '.join(settings_class(backend).names())}")
+    if (recipe.init_image or recipe.guide_init) and backend in ("biggan", "siren"):
+        raise RecipeError(f"{recipe.model} starts from its own {'noise and classes' if backend == 'biggan' else 'network'}"
+                          "; it takes no init image (nor --guide-init)")
     preset = P.BACKEND_PRESETS[recipe.model]
     known = set(settings_class(backend).names())
     unknown = sorted(set(recipe.settings) - known)
@@ -100,8 +103,6 @@ def prepare(recipe: Recipe, instance: Instance, store: Store | None = None, fetc
         return diffusion.prepare(recipe, instance, store, fetch=fetch)
     diffusion.check_references(recipe, instance, store)
     preset = P.BACKEND_PRESETS[recipe.model]
-    if recipe.init_image and recipe.backend == "biggan":
-        raise RecipeError(f"{recipe.model} starts from its own noise and classes; it takes no init image")
     if fetch:
         fetch_weights(recipe, instance)
     if preset.weights is not None or recipe.checkpoint:

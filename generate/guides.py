@@ -86,8 +86,11 @@ def with_guides(recipe: Recipe, guides: list[Guide]) -> Recipe:
         "guide_images": tuple(f"{g.image_id}:{g.sha256}" for g in guides),
     }
     if recipe.guide_init > 0 and guides and not recipe.init_image:
-        changes.update(init_image=str(guides[0].image_id),
-                       skip_timesteps=min(recipe.steps - 1, int(round(recipe.steps * recipe.guide_init))))
+        changes["init_image"] = str(guides[0].image_id)
+        if recipe.backend == "vqgan":  # keeps guide_init of the init's latents, the rest random codes
+            changes["settings"] = {**recipe.settings, "noise": round(1 - recipe.guide_init, 6)}
+        else:  # guided diffusion: skips that fraction of the steps
+            changes["skip_timesteps"] = min(recipe.steps - 1, int(round(recipe.steps * recipe.guide_init)))
     return dataclasses.replace(recipe, **changes)
 
 

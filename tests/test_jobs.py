@@ -86,9 +86,11 @@ def _kill_inside_image(proc, image: int, steps: int, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_ends_with_exactly_n_images(instance):
+@pytest.mark.parametrize("model", ["tiny", "vqgan-tiny"])
+def test_sigkill_then_rerun_ends_with_exactly_n_images(instance, model):
     n, seed, steps = 6, 5, 12
-    gen = [*GEN[:4], str(steps), *GEN[5:]]
+    count = "--steps" if model == "tiny" else "--iterations"  # the steps of guided diffusion, or Adam's
+    gen = ["generate", "--model", model, count, str(steps), *GEN[5:]]
     cmd = [sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), *gen, "--n", str(n), "--seed", str(seed)]
     env = {**os.environ, "CLIP_CURATOR_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,6 +109,8 @@ def test_sigkill_then_rerun_ends_with_exactly_n_images(instance):
     assert [r[0] for r in rows] == list(range(n))
     assert sorted(r[1] for r in rows) == list(range(seed, seed + n))  # no duplicate seeds
     assert files_of(instance, 1) == sorted([r[2] for r in rows] + [r[3] for r in rows])  # no orphans
+    import imageio.v3 as iio
+    assert all(iio.imread(instance / r[3]).shape[0] >= 3 for r in rows)  # frames became an animation
 
 
 def test_reproduce_from_the_gallery_and_from_the_png_alone(cli, instance, store, tmp_path):

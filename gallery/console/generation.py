@@ -16,7 +16,10 @@ from .base import Ctx, command, device_option, need, progress_bar
 @command()
 @click.option("-p", "--prompt", required=True, help='Text prompt; weighted parts like "a:1|b:-0.5".')
 @click.option("--n", "n", default=1, show_default=True, type=int, help="How many images.")
-@click.option("--model", default="uncond-256", show_default=True, help="Diffusion preset (see `models`).")
+@click.option("--model", default="uncond-256", show_default=True,
+              help="Model preset, which picks the generator (see `models`): guided diffusion (uncond-256, tiny), "
+              "VQGAN-CLIP (vqgan-imagenet-16384, vqgan-tiny), SIREN+CLIP (siren, siren-tiny) or BigGAN+CLIP "
+              "(biggan-deep-128/256/512, biggan-tiny).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Local weights for the preset's architecture.")
 @click.option("--clip", "clip_model", help="CLIP preset or open_clip MODEL/TAG (default: the preset's).")
 @click.option("--image-prompt", "image_prompts", multiple=True, help="Image file or gallery id as a target, PATH[:W].")
@@ -29,8 +32,14 @@ from .base import Ctx, command, device_option, need, progress_bar
 @click.option("--guidance-scale", "clip_guidance_scale", type=float, help="CLIP guidance scale.")
 @click.option("--tv-scale", type=float, help="Smoothness (total variation) loss scale.")
 @click.option("--range-scale", type=float, help="Out-of-range loss scale.")
-@click.option("--cutn", type=int, help="Random cutouts per step.")
-@click.option("--cut-pow", default=0.5, show_default=True, type=float, help="Cutout size power.")
+@click.option("--cutn", type=int, help="Random cutouts per step (every backend; default: the preset's).")
+@click.option("--cut-pow", type=float, help="Cutout size power (every backend; default 0.5, or the preset's).")
+@click.option("--iterations", type=int, help="SIREN, VQGAN and BigGAN: Adam iterations per image.")
+@click.option("--lr", type=float, help="SIREN, VQGAN and BigGAN: Adam's learning rate.")
+@click.option("--size", type=int, help="SIREN and VQGAN: the image's side in pixels.")
+@click.option("--setting", "more_settings", multiple=True, metavar="KEY=VALUE",
+              help="Another setting of SIREN, VQGAN or BigGAN: noise (VQGAN's init, 0-1), truncation (BigGAN), "
+              "hidden and layers (SIREN), augment (true/false), frame_every.")
 @click.option("--clip-denoised/--no-clip-denoised", default=None, help="Clamp the x0 prediction (default: the preset's).")
 @click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Images sampled together.")
@@ -49,13 +58,16 @@ from .base import Ctx, command, device_option, need, progress_bar
 @click.option("--queue", is_flag=True, help="Only queue the job, for a worker to run.")
 @click.option("--new", is_flag=True, help="Start a new job even if an identical one is unfinished.")
 @device_option
-def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifier_names, **settings):
+def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifier_names, iterations, lr, size,
+             more_settings, **settings):
     """Generate N images for a prompt (resumes an identical unfinished job).
 
     Example: clip-curator generate -p "a red circle on a white background" --model tiny --n 8
 
     With variations, modifiers and guides from your starred images:
     clip-curator generate -p "{castle|cathedral} at dusk" --modifiers oil,artstation --guides 2 --n 8
+
+    Another generator: clip-curator generate -p "a red circle" --model vqgan-tiny --iterations 60 --lr 0.1
     """
     from generate.diffusion import resolve_precision
     from generate.modifiers import with_modifiers
@@ -63,8 +75,9 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifi
     from generate.queue import check_job, record_job
     from generate.variations import resolve_mode
 
+    settings, own = _backend_settings(settings, iterations, lr, size, more_settings)
     recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"]),
-                       "variations": resolve_mode(variations, settings["prompt"])})
+                       "variations": resolve_mode(variations, settings["prompt"]), "settings": own})
     recipe = with_modifiers(recipe, modifier_names, c.instance)
     resolve_precision(recipe.precision, pick_device(device))
     recipe, request = check_job(c.instance, recipe, {"n": n, "seed": seed, "save_every": save_every},
@@ -81,6 +94,30 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifi
         click.echo(job.job_id)
         return
     _run_job(c, job.job_id, device)
+
+
+def _setting_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _backend_settings(settings: dict, iterations, lr, size, more: tuple) -> tuple[dict, dict]:
+    """The recipe's fields and the optimising backend's own settings, from the command's options."""
+    from generate.generators import DIFFUSION, backend_of
+
+    own = {k: v for k, v in (("iterations", iterations), ("lr", lr), ("size", size)) if v is not None}
+    for pair in more:
+        key, eq, value = pair.partition("=")
+        need(bool(eq and key.strip()), f"--setting takes KEY=VALUE, not {pair!r}")
+        own[key.strip().replace("-", "_")] = _setting_value(value.strip())
+    settings = {k: v for k, v in settings.items() if not (k == "cut_pow" and v is None)}
+    if backend_of(settings["model"]) != DIFFUSION:  # cutouts are theirs too, among their own settings
+        own.update({k: settings.pop(k) for k in ("cutn", "cut_pow") if settings.get(k) is not None})
+    return settings, own
 
 
 def _run_job(c: Ctx, job_id: int, device: str) -> None:
@@ -165,21 +202,27 @@ def reproduce(c: Ctx, source, out, device):
     click.echo(f"{result.path}: {'identical pixels' if diff == 0 else f'max pixel difference {diff}'}")
 
 
+DEMO_MODELS = ("tiny", "vqgan-tiny")  # guided diffusion and VQGAN-CLIP, on the committed tiny models
+
+
 @command()
-@click.option("--n", "n", default=8, show_default=True, type=int, help="Images in the demo job.")
+@click.option("--n", "n", default=8, show_default=True, type=int, help="Images in each demo job.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--models", "models_", default=",".join(DEMO_MODELS), show_default=True,
+              help="The presets to run, one job each (see `models`; the tiny ones need no download).")
 @device_option
-def demo(c: Ctx, n, seed, device):
-    """Offline demo: a job on the tiny preset, with animations, into the instance folder.
+def demo(c: Ctx, n, seed, models_, device):
+    """Offline demo: a job on each of two tiny presets (two generators), with animations, into the instance folder.
 
     Example: clip-curator demo --n 8
     """
-    # click fills every other option of `generate` with its declared default.
-    click.get_current_context().invoke(generate, prompt="a red circle on a blue background", n=n, model="tiny",
-                                       seed=seed, device=device, save_every=1)
-    store = c.store()
-    for row in store.images_for_job(store.list_jobs(limit=1)[0].id):
-        click.echo(f"{row.id:>5}  {c.instance.root / row.path}  {c.instance.root / row.animation_path}")
+    for model in [m.strip() for m in models_.split(",") if m.strip()]:
+        # click fills every other option of `generate` with its declared default.
+        click.get_current_context().invoke(generate, prompt="a red circle on a blue background", n=n, model=model,
+                                           seed=seed, device=device, save_every=1 if model == "tiny" else 2)
+        store = c.store()
+        for row in store.images_for_job(store.list_jobs(limit=1)[0].id):
+            click.echo(f"{row.id:>5}  {model:<12} {c.instance.root / row.path}  {c.instance.root / row.animation_path}")
 
 
 @command()
@@ -208,13 +251,24 @@ def models(c: Ctx):
 
     Example: clip-curator models
     """
-    from generate.presets import DIFFUSION_PRESETS
-    from generate.weights import locate_diffusion
+    from generate.presets import BACKEND_PRESETS, DIFFUSION_PRESETS
+    from generate.weights import locate_backend, locate_diffusion
 
     for p in DIFFUSION_PRESETS.values():
         try:
             where = str(locate_diffusion(p, c.instance))
         except CuratorError:
             where = f"not downloaded (clip-curator fetch {p.name})"
-        click.echo(f"{p.name:<12} {p.image_size}x{p.image_size}  clip {p.clip:<9} {p.description}\n"
-                   f"{'':<12} weights: {where}")
+        click.echo(f"{p.name:<20} diffusion {p.image_size}x{p.image_size}  clip {p.clip:<9} {p.description}\n"
+                   f"{'':<20} weights: {where}")
+    for p in BACKEND_PRESETS.values():
+        size = p.config.get("output_dim") or p.defaults.get("size") or p.config.get("image_size")
+        if p.weights is None:
+            where = "none needed (only its CLIP's)"
+        else:
+            try:
+                where = str(locate_backend(p, c.instance))
+            except CuratorError:
+                where = f"not downloaded (clip-curator fetch {p.name})"
+        click.echo(f"{p.name:<20} {p.backend:<9} {size}x{size}  clip {p.clip:<9} {p.description}\n"
+                   f"{'':<20} weights: {where}")
