@@ -23,6 +23,7 @@ from gallery.store import Store
 from . import presets as P
 from . import weights as W
 from .guidance import ClipGuide, GuidanceScales
+from .guides import candidates, check_recorded
 from .models import ModelCache, build_diffusion, verify_unet_weights
 from .prompts import parse_image_prompt, parse_prompt
 from .sampler import Step, sample
@@ -75,12 +76,8 @@ def check_references(recipe: Recipe, instance: Instance, store: Store | None = N
     if recipe.guides and not recipe.guide_images:
         if store is None:
             raise BadRequest("guide images come from the gallery: open one to use --guides")
-        from .guides import candidates
-
         candidates(store, recipe.guide_pool, P.clip_spec(recipe.clip_model).id)
     if recipe.guide_images:
-        from .guides import check_recorded
-
         check_recorded(store, recipe)
     if recipe.init_image:
         load_image_ref(recipe.init_image, store, instance)

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from gallery.errors import RecipeError, UnknownPreset
+from gallery.errors import CuratorError, RecipeError, UnknownPreset
 from gallery.instance import Instance
 from gallery.recipe import Recipe
 from gallery.store import Store
@@ -21,6 +21,7 @@ from gallery.store import Store
 from . import diffusion
 from . import presets as P
 from . import weights as W
+from .backends import generator_class
 
 DIFFUSION = "diffusion"
 # Guided diffusion's own settings: the recipe fields an optimising backend has no use for.
@@ -44,6 +45,23 @@ class ImageGenerator(Protocol):
     def run(self, seeds: list[int], callback: Callable | None = None) -> torch.Tensor: ...
 
 
+def presets() -> dict:
+    """Every model preset by name (guided diffusion's first), each with its ``description``."""
+    return {**P.DIFFUSION_PRESETS, **P.BACKEND_PRESETS}
+
+
+def weights_present(model: str, instance: Instance) -> bool:
+    """Whether a preset's weights are on this machine (a preset that needs none has them)."""
+    try:
+        if model in P.DIFFUSION_PRESETS:
+            W.locate_diffusion(P.DIFFUSION_PRESETS[model], instance)
+        elif P.BACKEND_PRESETS[model].weights is not None:
+            W.locate_backend(P.BACKEND_PRESETS[model], instance)
+    except CuratorError:
+        return False
+    return True
+
+
 def backend_of(model: str) -> str:
     """The backend of a model preset (UnknownPreset naming every preset if there is none)."""
     if model in P.DIFFUSION_PRESETS:
@@ -56,8 +74,6 @@ def backend_of(model: str) -> str:
 
 def settings_class(backend: str):
     """The settings dataclass of an optimising backend."""
-    from .backends import generator_class
-
     return generator_class(backend).settings_class
 
 
@@ -130,9 +146,22 @@ def make(recipe: Recipe, models, device: torch.device, store: Store | None = Non
     how = {} if load_image is None else {"load_image": load_image}
     if recipe.backend == DIFFUSION:
         return diffusion.Generator(recipe, models, device, store, **how)
-    from .backends import generator_class
-
     return generator_class(recipe.backend)(recipe, models, device, store, settings=dict(recipe.settings), **how)
+
+
+def with_init(recipe: Recipe, ref: str, keep: float) -> Recipe:
+    """The recipe starting from an image (a file or gallery id), keeping ``keep`` (0-0.95) of it.
+
+    Guided diffusion skips that fraction of its steps; VQGAN-CLIP keeps that fraction of the
+    image's latents (``noise`` is the rest); SIREN and BigGAN start from their own parameters.
+    """
+    recipe = complete(recipe)
+    if recipe.backend == DIFFUSION:
+        return dataclasses.replace(recipe, init_image=ref,
+                                   skip_timesteps=min(recipe.steps - 1, int(round(recipe.steps * keep))))
+    if recipe.backend == "vqgan":
+        return dataclasses.replace(recipe, init_image=ref, settings={**recipe.settings, "noise": round(1 - keep, 6)})
+    raise RecipeError(f"{recipe.model} ({recipe.backend}) starts from its own parameters; it takes no init image")
 
 
 def total_steps(recipe: Recipe) -> int:

@@ -80,17 +80,11 @@ def pick(store: Store, recipe: Recipe, seed: int, text: np.ndarray, clip_id: str
 
 
 def with_guides(recipe: Recipe, guides: list[Guide]) -> Recipe:
-    """An image's recipe with its guides as image prompts (and the closest as init, with guide_init)."""
-    changes: dict = {
+    """An image's recipe with its guides as image prompts (``generators.with_init`` starts it from one)."""
+    changes = {
         "image_prompts": (*recipe.image_prompts, *(f"{g.image_id}:{g.weight:g}" for g in guides)),
         "guide_images": tuple(f"{g.image_id}:{g.sha256}" for g in guides),
     }
-    if recipe.guide_init > 0 and guides and not recipe.init_image:
-        changes["init_image"] = str(guides[0].image_id)
-        if recipe.backend == "vqgan":  # keeps guide_init of the init's latents, the rest random codes
-            changes["settings"] = {**recipe.settings, "noise": round(1 - recipe.guide_init, 6)}
-        else:  # guided diffusion: skips that fraction of the steps
-            changes["skip_timesteps"] = min(recipe.steps - 1, int(round(recipe.steps * recipe.guide_init)))
     return dataclasses.replace(recipe, **changes)
 
 

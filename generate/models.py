@@ -225,6 +225,13 @@ class ModelCache:
         self.fetch = fetch
         self._unets: dict = {}
         self._clips: dict = {}
+        self._others: dict = {}  # the optimising backends' models (a VQGAN, a BigGAN), by what they are
+
+    def other(self, key: tuple, build):
+        """A model of another kind, built by ``build()`` on first use of ``key``."""
+        if key not in self._others:
+            self._others[key] = build()
+        return self._others[key]
 
     def unet_path(self, preset: P.DiffusionPreset, checkpoint: str | None = None) -> Path:
         """Where the preset's weights are (fetched first if this cache may fetch)."""
@@ -261,5 +268,6 @@ class ModelCache:
         """Drop every loaded model (and cached GPU memory)."""
         self._unets.clear()
         self._clips.clear()
+        self._others.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

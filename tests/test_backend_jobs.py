@@ -41,3 +41,23 @@ def test_bad_backend_settings_get_one_line_and_record_nothing(cli, store, args, 
     lines = refused.output.strip().splitlines()
     assert refused.exit_code == 1 and len(lines) == 1 and message in lines[0], refused.output
     assert store.list_jobs() == []
+
+
+def test_the_site_filters_by_backend_shows_its_settings_and_offers_every_preset(instance, store):
+    import re
+
+    from conftest import new_image
+    from gallery.web import create_app
+
+    old = store.add_image(new_image(path="images/a.png", recipe_json='{"prompt": "p", "model": "tiny", "version": 1}'))
+    vq = store.add_image(new_image(path="images/b.png", recipe_json=json.dumps(
+        {"prompt": "p", "model": "vqgan-tiny", "backend": "vqgan", "settings": {"iterations": 40, "noise": 0.25}})))
+    store.add_image(new_image(path="images/c.png", kind="imported", recipe_json="{}"))
+    client = create_app({"INSTANCE": str(instance), "TESTING": True}).test_client()
+    shown = lambda q: {int(i) for i in re.findall(r'data-id="(\d+)"', client.get(q).get_data(as_text=True))}  # noqa: E731
+    assert shown("/?backend=vqgan") == {vq} and shown("/?backend=diffusion") == {old}  # version 1: diffusion
+    assert client.get("/?backend=dalle").status_code == 400
+    page = client.get(f"/image/{vq}").get_data(as_text=True)
+    assert "vqgan: iterations" in page and "vqgan: noise" in page and "iterations 40, noise 0.25" in page
+    form = client.get("/jobs/new").get_data(as_text=True)
+    assert all(f'value="{m}"' in form for m in ("tiny", "vqgan-tiny", "siren-tiny", "biggan-tiny"))

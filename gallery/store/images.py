@@ -106,6 +106,10 @@ class ImagesMixin:
         if f.keyword:
             where.append("id IN (SELECT rowid FROM images_fts WHERE images_fts MATCH ?)")
             args.append(fts_query(f.keyword))
+        if f.backend is not None:  # recipes before version 3 were all guided diffusion
+            where.append("kind != 'imported' AND json_valid(recipe) AND "
+                         "COALESCE(json_extract(recipe, '$.backend'), 'diffusion') = ?")
+            args.append(f.backend)
         if f.collection is not None:
             where.append("id IN (SELECT image_id FROM collection_images WHERE collection_id = "
                          "(SELECT id FROM collections WHERE name = ?))")

@@ -149,6 +149,7 @@ class Filters:
     trash: bool = False  # only rejected images (else: only those not rejected)
     originals: bool = False  # leave out upscales (they stack with their parent)
     collection: str | None = None  # only images in the collection of this name
+    backend: str | None = None  # only images made by this generator (diffusion, siren, vqgan, biggan)
 
 
 SQLITE_INT_MAX = 2 ** 63 - 1

@@ -51,7 +51,7 @@ def _filters(view: str, args: GridQuery) -> Filters:
     base = VIEWS[view][1]
     own = args.filters
     return dataclasses.replace(base, starred=base.starred or own.starred, job_id=own.job_id, keyword=own.keyword,
-                               min_rating=own.min_rating, collection=own.collection)
+                               min_rating=own.min_rating, collection=own.collection, backend=own.backend)
 
 
 def _flat(rows: list[ImageRow]) -> list[Stack]:

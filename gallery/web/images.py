@@ -4,9 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
 from gallery.errors import CuratorError
-from generate.presets import DIFFUSION_PRESETS
+from generate import generators
 from generate.queue import regenerate as queue_regenerate
-from generate.weights import locate_diffusion
 
 from .context import get_store, instance, searcher
 from .params import grid_query
@@ -57,14 +56,7 @@ def _source_name(row) -> str | None:
 
 def available_presets() -> list[str]:
     """Model presets whose weights this machine has (what a regeneration can use right now)."""
-    out = []
-    for name, preset in DIFFUSION_PRESETS.items():
-        try:
-            locate_diffusion(preset, instance())
-            out.append(name)
-        except CuratorError:
-            pass
-    return out
+    return [name for name in generators.presets() if generators.weights_present(name, instance())]
 
 
 @bp.route("/image/<id:image_id>/file")

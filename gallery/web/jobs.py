@@ -8,7 +8,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from gallery.errors import CuratorError
 from gallery.store import Job
 from generate.modifiers import by_kind
-from generate.presets import DIFFUSION_PRESETS
+from generate.generators import presets
 from generate.queue import prompt_recipe, submit
 
 from .context import get_store, instance
@@ -69,5 +69,5 @@ def _form(form):
     except CuratorError as e:  # a broken modifiers file of the user's: say so, keep the form usable
         flash(str(e), "error")
         library = {}
-    return render_template("jobs/new.html", presets=DIFFUSION_PRESETS, form=form, modifiers=library,
+    return render_template("jobs/new.html", presets=presets(), form=form, modifiers=library,
                            chosen=set(form.getlist("modifiers")), collections=get_store().collections())

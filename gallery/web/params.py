@@ -27,6 +27,8 @@ class GridQuery(BaseModel):
     job: Id | None = None
     keyword: Annotated[StrictStr | None, Field(max_length=200, description="words of at most 200 characters")] = None
     collection: Annotated[StrictStr | None, Field(max_length=200, description="a collection name")] = None
+    backend: Annotated[Literal["diffusion", "siren", "vqgan", "biggan"] | None,
+                       Field(description="diffusion, siren, vqgan or biggan")] = None
     q: Annotated[StrictStr | None, Field(max_length=1000, description="a phrase of at most 1000 characters")] = None
     page: Page = 1
     like: Id | None = None
@@ -38,12 +40,12 @@ class GridQuery(BaseModel):
         """The filters these parameters set."""
         keyword = (self.keyword or "").strip() or None
         return Filters(starred=self.starred, job_id=self.job, keyword=keyword, min_rating=self.rating,
-                       collection=(self.collection or "").strip() or None)
+                       collection=(self.collection or "").strip() or None, backend=self.backend)
 
     def link(self, **changes) -> dict:
         """Query parameters of a link to this listing with some of them changed (defaults left out)."""
         values = {"starred": 1 if self.starred else None, "job": self.job, "keyword": self.keyword,
-                  "collection": self.collection,
+                  "collection": self.collection, "backend": self.backend,
                   "q": self.q, "rating": self.rating or None,
                   "order": None if self.order == "newest" else self.order, **changes}
         return {k: v for k, v in values.items() if v is not None}

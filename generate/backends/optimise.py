@@ -248,12 +248,8 @@ def optimise(images: list[OptimImage], objective: ClipObjective, seeds: list[int
 
 
 def cached_model(models, key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """A backend's model from the process's model cache, built on first use."""
-    # The cache keeps these beside its UNets and CLIPs; ``close`` on the cache drops them with it.
-    store = vars(models).setdefault("_backend_models", {})
-    if key not in store:
-        store[key] = build()
-    return store[key]
+    """A backend's model from the process's model cache (beside its UNets and CLIPs), built on first use."""
+    return models.other(key, build)
 
 
 def complete_recipe(recipe: Recipe, clip: str) -> Recipe:

@@ -16,6 +16,7 @@ from gallery.instance import Instance
 from gallery.recipe import Recipe
 from gallery.store import Job, Store
 
+from ..generators import with_init
 from ..guides import candidates, pick, text_vector, with_guides
 from ..models import ModelCache
 from ..prompts import parse_prompt
@@ -49,8 +50,10 @@ class ImagePlan:
             key = (recipe.guide_pool, clip.id)
             if key not in self._pools:  # the pool as this run found it
                 self._pools[key] = candidates(self.store, recipe.guide_pool, clip.id)
-            recipe = with_guides(recipe, pick(self.store, recipe, seed, self._texts[recipe.prompt], clip.id,
-                                              self._pools[key]))
+            picked = pick(self.store, recipe, seed, self._texts[recipe.prompt], clip.id, self._pools[key])
+            recipe = with_guides(recipe, picked)
+            if recipe.guide_init > 0 and picked and not recipe.init_image:  # from the closest one
+                recipe = with_init(recipe, str(picked[0].image_id), recipe.guide_init)
         return recipe
 
     def batches(self, indices: Iterable[int], size: int) -> Iterator[tuple[Recipe, list[int]]]:

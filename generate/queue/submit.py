@@ -18,7 +18,7 @@ from gallery.recipe import SEED_MAX, Recipe
 from gallery.store import Store
 from gallery.validate import Real, Whole, parse
 
-from ..generators import prepare, total_steps
+from ..generators import prepare, total_steps, with_init
 from ..modifiers import with_modifiers
 from ..variations import Expander, resolve_mode
 from ..upscale.registry import DEFAULT_MODEL, MODELS
@@ -149,12 +149,11 @@ def regenerate(store: Store, instance: Instance, image_id: int, request: Regener
     if req.model and req.model != recipe.model:
         # Another model's settings would not suit: start from its own defaults.
         recipe = Recipe(prompt=prompt, model=req.model, image_prompts=recipe.image_prompts)
-    if req.init_strength > 0:
-        steps = recipe.steps or 1
-        changes.update(init_image=str(image_id), skip_timesteps=int(round(steps * req.init_strength)))
     if req.image_prompt_weight > 0:
         changes["image_prompts"] = (*recipe.image_prompts, f"{image_id}:{req.image_prompt_weight:g}")
     recipe = dataclasses.replace(recipe, **changes)
+    if req.init_strength > 0:
+        recipe = with_init(recipe, str(image_id), req.init_strength)
     return submit(store, instance, recipe, JobRequest(n=req.n), resume=False, params={"parent": image_id})
 
 
