@@ -61,3 +61,35 @@ def test_the_site_filters_by_backend_shows_its_settings_and_offers_every_preset(
     assert "vqgan: iterations" in page and "vqgan: noise" in page and "iterations 40, noise 0.25" in page
     form = client.get("/jobs/new").get_data(as_text=True)
     assert all(f'value="{m}"' in form for m in ("tiny", "vqgan-tiny", "siren-tiny", "biggan-tiny"))
+
+
+def test_regenerate_and_old_recipes_go_through_each_backend(instance, store):
+    import re
+
+    from PIL import Image as PILImage
+
+    from conftest import new_image
+    from gallery.recipe import Recipe
+    from gallery.web import create_app
+    from generate.generators import complete
+
+    assert complete(Recipe.from_json('{"prompt": "a fish", "model": "tiny", "version": 1}')).backend == "diffusion"
+    ids = {}
+    (instance / "images").mkdir()
+    for model in ("vqgan-tiny", "biggan-tiny"):
+        rel = f"images/{model}.png"
+        PILImage.new("RGB", (32, 32), (200, 20, 20)).save(instance / rel)
+        ids[model] = store.add_image(new_image(path=rel, recipe_json=complete(Recipe(prompt="a red circle",
+                                                                                     model=model)).to_json()))
+    client = create_app({"INSTANCE": str(instance), "TESTING": True}).test_client()
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+    post = lambda i, body: client.post(f"/api/images/{i}/regenerate", json=body,  # noqa: E731
+                                       headers={"X-CSRF-Token": token})
+    queued = post(ids["vqgan-tiny"], {"n": 2, "init_strength": 0.75})
+    assert queued.status_code == 202, queued.get_json()
+    recipe = json.loads(store.get_job(queued.get_json()["job"]).recipe)
+    assert recipe["init_image"] == str(ids["vqgan-tiny"]) and recipe["settings"]["noise"] == 0.25
+    refused = post(ids["biggan-tiny"], {"n": 2, "init_strength": 0.5})
+    assert refused.status_code == 400 and "takes no init image" in refused.get_json()["error"]
+    assert post(ids["biggan-tiny"], {"n": 1, "image_prompt_weight": 1}).status_code == 202
+    assert len(store.list_jobs()) == 2
