@@ -1,0 +1,248 @@
+"""The Ray executor: the queue stays in SQLite on this machine (the head); actors make the images.
+
+The head's dispatcher claims a job as any worker does, splits what is missing into batches of
+indices (the recipe's batch size) and keeps every actor of a pool busy with them: one actor per
+GPU (``num_gpus=1``), or on CPU-only clusters one per ``cpus_per_actor`` CPUs, spread over the
+nodes. Each actor returns each finished image whole (PNG bytes with the recipe chunk, the
+animation, the CLIP embedding, its node and device); only the head writes files and rows, through
+the same ``record_image`` as the in-process runner.
+
+Faults: Ray restarts a dead actor (on another node if its node died) and retries its task, within
+``max_restarts``/``max_task_retries``; a batch that still fails goes back on the head's list for
+another actor, a bounded number of times. Nothing is recorded until its bytes reach the head, so
+a head killed at any moment resumes from the rows like any worker (its actors die with it).
+Cancelling a job cancels its pending and running tasks (actors see the cancel at their next step).
+Progress reaches the head through a small hub actor, at most every ``heartbeat_s`` per actor, and
+the head turns it into heartbeats on the job row.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+
+from gallery.errors import Cancelled, ClusterError, CuratorError
+from gallery.instance import Instance
+from gallery.recipe import Recipe
+from gallery.store import Job, Store
+
+from ..diffusion import complete
+from ..models import ModelCache
+from .ray_actors import ActorPool, RayOptions, connect, reference_images
+from .runner import (Progress, ProgressFn, StopSignal, Stopped, pending_batches, record_image, remove_orphans,
+                     run_claimed, save_every)
+from .upscale_runner import UpscaleRunner
+
+IN_FLIGHT_PER_ACTOR = 2  # the next batch waits on the actor, so it never idles between batches
+
+__all__ = ["RayExecutor", "RayOptions", "RayGenerateRunner"]
+
+
+def _reason(e: BaseException) -> BaseException:
+    # The user's error inside a remote task, where there is one; else the error itself.
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
+class RayGenerateRunner:
+    """Runs a claimed generate job on the pool: batches out, finished images in, recorded here."""
+
+    def __init__(self, store: Store, instance: Instance, pool: ActorPool, options: RayOptions,
+                 on_progress: ProgressFn | None = None, stop: StopSignal | None = None):
+        self.store = store
+        self.instance = instance
+        self.pool = pool
+        self.options = options
+        self.on_progress = on_progress
+        self.stop = stop or StopSignal()
+
+    def run(self, job_id: int) -> str:
+        """Run the job; returns its final status. Exceptions are recorded on the job and re-raised."""
+        return run_claimed(self.store, job_id, self._run)
+
+    def close(self) -> None:
+        """The pool belongs to the executor."""
+
+    def _run(self, job: Job) -> None:
+        recipe = complete(Recipe.from_json(job.recipe))
+        remove_orphans(self.store, self.instance, job.id)
+        batches = pending_batches(self.store, job, recipe.batch_size)
+        if batches:
+            _Dispatch(self, job, recipe, batches).run()
+
+
+class _Dispatch:
+    """One job's trip through the pool: what is still to send, what is out, and how it ends."""
+
+    def __init__(self, runner: RayGenerateRunner, job: Job, recipe: Recipe, batches: list[list[int]]):
+        self.r, self.job, self.pool = runner, job, runner.pool
+        self.every = save_every(job, recipe)
+        self.todo = deque(batches)
+        self.done = job.n - sum(map(len, batches))
+        self.refs = ray.put(reference_images(recipe, runner.store, runner.instance))
+        self.inflight: dict = {}  # object ref -> (actor, batch)
+        self.load = {a: 0 for a in self.pool.start()}
+        self.failures: dict = {}
+        self.cancelled_at: float | None = None
+        self.stopping = False
+        self.step, self.steps, self.last_beat = 0, recipe.steps, 0.0
+
+    def run(self) -> None:
+        """Until every batch is recorded (or the job is cancelled or the worker stops)."""
+        while self.todo or self.inflight:
+            self._check_stop()
+            if self.cancelled_at is None and not self.stopping:
+                self._submit()
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2) if self.inflight else ([], [])
+            for ref in ready:
+                self._collect(ref)
+            self._beat()
+        if self.cancelled_at is not None:
+            raise Cancelled(f"job {self.job.id} was cancelled")
+        if self.stopping:
+            raise Stopped()
+
+    def _submit(self) -> None:
+        for actor in list(self.load):
+            while self.todo and self.load[actor] < IN_FLIGHT_PER_ACTOR:
+                batch = self.todo.popleft()
+                self.inflight[actor.generate.remote(self.job, batch, self.every, self.refs)] = (actor, batch)
+                self.load[actor] += 1
+
+    def _cancel_all(self) -> None:
+        self.todo.clear()
+        for ref in self.inflight:
+            ray.cancel(ref)
+
+    def _check_stop(self) -> None:
+        stop = self.r.stop
+        if not self.stopping and (stop.after_image.is_set() or stop.now.is_set()):
+            self.stopping = True
+            self.todo.clear()  # back on the queue with the job; what is already out finishes and is kept
+        if self.stopping and stop.now.is_set():
+            self._cancel_all()
+
+    def _collect(self, ref) -> None:
+        actor, batch = self.inflight.pop(ref)
+        if actor in self.load:
+            self.load[actor] -= 1
+        ending = self.cancelled_at is not None or self.stopping
+        try:
+            results = ray.get(ref)
+        except TaskCancelledError:
+            return
+        except RayTaskError as e:
+            reason = _reason(e)
+            if isinstance(reason, Cancelled) and ending:
+                return
+            if isinstance(reason, CuratorError):
+                raise type(reason)(f"on {self.pool.node_of(actor)}: {reason}") from None
+            raise ClusterError(f"images {batch[0]}..{batch[-1]} failed on {self.pool.node_of(actor)}: "
+                               f"{type(reason).__name__}: {_first_line(reason)}") from None
+        except RayActorError as e:
+            if not ending:
+                self._lost(actor, batch, e)
+            return
+        for result in results:
+            record_image(self.r.store, self.r.instance, self.job, result)
+            self.done += 1
+            self._progress()
+
+    def _lost(self, actor, batch: list[int], error: BaseException) -> None:
+        # Ray's own restarts and retries are spent: another actor gets the batch, a bounded number of times.
+        key = tuple(batch)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if self.failures[key] > self.r.options.head_retries:
+            raise ClusterError(f"images {batch[0]}..{batch[-1]} were lost {self.failures[key]} times with their "
+                               f"actor: {_first_line(error)}") from None
+        self.todo.appendleft(batch)
+        if _dead_for_good(actor):
+            self.load.pop(actor, None)
+            self.pool.drop(actor)
+            if not self.load:
+                raise ClusterError("every Ray actor of the pool has died") from None
+
+    def _beat(self) -> None:
+        # Heartbeats (which also bring a cancel) at most every heartbeat_s, from the actors' latest steps.
+        t = time.monotonic()
+        if t - self.last_beat >= self.r.options.heartbeat_s:
+            self.last_beat = t
+            reports = [r for r in self.pool.drain_progress().values() if r[0] == self.job.id]
+            if reports:
+                self.step, self.steps = max((r[2], r[3]) for r in reports)
+            if self.r.store.heartbeat(self.job.id, self.step, self.steps) and self.cancelled_at is None:
+                self.cancelled_at = t
+                self._cancel_all()
+            self._progress()
+        if self.cancelled_at is not None and self.inflight and t - self.cancelled_at > self.r.options.cancel_grace_s:
+            for actor in {a for a, _ in self.inflight.values()}:
+                ray.kill(actor, no_restart=False)  # it restarts, models and all, for the next job
+            self.inflight.clear()
+
+    def _progress(self) -> None:
+        if self.r.on_progress:
+            self.r.on_progress(Progress(self.job.id, self.done, self.job.n, self.step, self.steps))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _dead_for_good(actor) -> bool:
+    # One whose restarts are spent fails at once; a restarting one is busy loading (kept).
+    try:
+        ray.get(actor.info.remote(), timeout=1)
+        return False
+    except RayActorError:
+        return True
+    except GetTimeoutError:
+        return False
+
+
+class RayExecutor:
+    """Runs generate jobs on a pool of Ray actors; upscales stay in this process for now."""
+
+    def __init__(self, options: RayOptions, owns_connection: bool = False):
+        self.options = options
+        self.owns_connection = owns_connection  # leave on close() only what this executor joined
+        self.pools: dict = {}
+
+    @classmethod
+    def connect(cls, options: RayOptions) -> "RayExecutor":
+        """Join (or start) the cluster; ClusterUnreachable in one line if that fails."""
+        return cls(options, connect(options))
+
+    def describe(self) -> str:
+        """The cluster in a few words: nodes, CPUs, GPUs."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        total = ray.cluster_resources()
+        return f"{len(nodes)} node(s), {int(total.get('CPU', 0))} CPU(s), {int(total.get('GPU', 0))} GPU(s)"
+
+    def pool(self, instance: Instance, device: str) -> ActorPool:
+        """The actor pool for a device kind, made on first use."""
+        key = device
+        if key not in self.pools:
+            self.pools[key] = ActorPool(self.options, self.options.models_root or str(instance.root), device)
+        return self.pools[key]
+
+    def check(self, device: str) -> None:
+        """NoDevice, in one line, if the cluster has no node for the device asked for."""
+        ActorPool(self.options, "", device)._shape()
+
+    def runners(self, store: Store, instance: Instance, models: ModelCache, device: str,
+                on_progress: ProgressFn | None, stop: StopSignal) -> dict:
+        """A generate runner on the cluster's actors; upscales in this process."""
+        return {"generate": RayGenerateRunner(store, instance, self.pool(instance, device), self.options,
+                                              on_progress=on_progress, stop=stop),
+                "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=stop)}
+
+    def close(self) -> None:
+        """Kill the actors; leave the cluster (a local one stops with this process)."""
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+        if self.owns_connection and ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,215 @@
+"""The Ray executor on real Ray: same pixels as in-process, two nodes, killed actors and heads, cancel, bad input.
+
+One local Ray instance (2 CPUs) serves the tests that drive the dispatcher in this process; the
+two-node test starts its own cluster with `ray start` and stops it; tests of the CLI run it as a
+subprocess, as a user would.
+"""
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, tiny_recipe
+from gallery.store import Store
+from generate.queue import GenerateRunner, StopSignal
+
+RAY = str(Path(sys.executable).with_name("ray"))
+PROMPT = "a blue square on a white background"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray instance with 2 CPUs for the module, and the executor connected to it."""
+    from generate.queue.ray_executor import RayExecutor, RayOptions
+
+    executor = RayExecutor.connect(RayOptions(local_cpus=2))
+    executor.owns_connection = True
+    yield executor
+    executor.close()
+
+
+@pytest.fixture
+def ray_exec(cluster):
+    """The shared executor; its actors are killed after each test, so the next starts from nothing."""
+    yield cluster
+    for pool in cluster.pools.values():
+        pool.close()
+    cluster.pools.clear()
+
+
+def runner(executor, store, inst, models, on_progress=None, stop=None):
+    return executor.runners(store, inst, models, "cpu", on_progress, stop or StopSignal())["generate"]
+
+
+def pixels(inst, row):
+    return np.asarray(Image.open(inst.root / row.path).convert("RGB"))
+
+
+def files_of(inst, job_id):
+    folder = inst.job_dir(job_id)
+    return sorted(inst.rel(p) for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def assert_complete(store, inst, job_id, n, seed):
+    """Exactly n images, one per index and seed, every file claimed by a row and no other."""
+    job = store.get_job(job_id)
+    rows = store.images_for_job(job_id)
+    assert (job.status, job.done) == ("done", n)
+    assert [r.idx for r in rows] == list(range(n))
+    assert sorted(r.seed for r in rows) == list(range(seed, seed + n))
+    assert files_of(inst, job_id) == sorted([r.path for r in rows] + [r.animation_path for r in rows])
+    return rows
+
+
+def test_two_cpu_actors_make_the_same_pixels_as_the_in_process_runner(ray_exec, store, inst, models):
+    import torch
+
+    recipe = tiny_recipe(PROMPT, steps=8, batch_size=2)
+    local = store.create_job("generate", recipe.to_json(), 8, 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each CPU actor has one
+    try:
+        assert GenerateRunner(store, inst, models, "cpu").run(local) == "done"
+    finally:
+        torch.set_num_threads(threads)
+    remote = store.create_job("generate", recipe.to_json(), 8, 100)
+    assert runner(ray_exec, store, inst, models).run(remote) == "done"
+    where = ray_exec.pools["cpu"].where
+    assert len(where) == 2
+    # The actors run this tree's code (shipped by Ray), not whatever else is installed.
+    assert {Path(w["code"]).read_bytes() for w in where} == {(ROOT / "generate/queue/ray_actors.py").read_bytes()}
+    want, got = store.images_for_job(local), assert_complete(store, inst, remote, 8, 100)
+    for a, b in zip(want, got):
+        assert (a.idx, a.seed) == (b.idx, b.seed)
+        assert np.array_equal(pixels(inst, a), pixels(inst, b)), f"image {a.idx} differs"
+        assert np.allclose(store.embedding(a.id), store.embedding(b.id), atol=1e-6)
+        assert b.device == "cpu" and b.node.startswith(socket.gethostname() + "/")
+    assert {b.node for b in got} <= {w["node"] for w in ray_exec.pools["cpu"].where}
+    assert all(a.node == socket.gethostname() for a in want)
+
+
+def test_an_actor_killed_mid_job_is_restarted_and_the_job_loses_nothing(ray_exec, store, inst, models):
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=10).to_json(), 8, 200)
+    killed = {}
+
+    def on_progress(p):
+        # Inside the second image's steps: one actor is mid-task, its next batch queued behind it.
+        if not killed and p.done >= 1 and p.step >= 2:
+            pool = ray_exec.pools["cpu"]
+            killed["pid"] = pool.pids()[0]
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    assert runner(ray_exec, store, inst, models, on_progress).run(job) == "done"
+    assert killed, "an actor must have been killed mid-job"
+    assert killed["pid"] not in ray_exec.pools["cpu"].pids(), "the killed actor came back as a new process"
+    assert_complete(store, inst, job, 8, 200)
+
+
+def test_cancel_stops_remote_work_within_seconds(ray_exec, store, inst, models):
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=40).to_json(), 40, 300)
+    other = Store(store.path)  # the site asking, over its own connection
+    asked = {}
+
+    def on_progress(p):
+        if not asked and p.done >= 1 and p.step >= 3:
+            asked["t"] = time.monotonic()
+            other.request_cancel(job)
+
+    assert runner(ray_exec, store, inst, models, on_progress).run(job) == "cancelled"
+    stopped_after = time.monotonic() - asked["t"]
+    pool = ray_exec.pools["cpu"]
+    t0 = time.monotonic()
+    pool.pids()  # a sync actor answers only once it has stopped computing
+    idle_after = time.monotonic() - t0
+    assert stopped_after < 5 and idle_after < 2, (stopped_after, idle_after)
+    j = store.get_job(job)
+    rows = store.images_for_job(job)
+    assert j.status == "cancelled" and 1 <= j.done == len(rows) < 40
+    assert files_of(inst, job) == sorted([r.path for r in rows] + [r.animation_path for r in rows])
+    other.close()
+
+
+def test_a_job_asking_for_a_device_no_node_has_fails_with_that_reason(cluster, cli, store, instance):
+    address = cluster_address()
+    result = cli("generate", "--model", "tiny", "--steps", "4", "-p", PROMPT, "--n", "2", "--ray", address,
+                 "--device", "cuda")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and "no GPU" in lines[-1] and "cuda" in lines[-1], result.output
+    job = store.list_jobs()[0]
+    assert job.status == "failed" and "no GPU" in job.error and job.done == 0
+    assert store.images_for_job(job.id) == []
+    folder = Path(instance) / "images"
+    assert not folder.exists() or not any(folder.rglob("*.*"))
+
+
+def cluster_address():
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def cli_cmd(instance, *args):
+    return [sys.executable, str(ROOT / "cli.py"), "--instance", str(instance), *map(str, args)]
+
+
+def subprocess_env():
+    return {**os.environ, "CLIP_CURATOR_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_address_is_one_line_and_changes_nothing(instance, store):
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=4).to_json(), 2, 0)
+    address = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    result = subprocess.run(cli_cmd(instance, "worker", "--ray", address, "--once"), cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and address in lines[0], result.stderr
+    assert lines[0].startswith("Error: no Ray cluster answers at") and time.monotonic() - t0 < 60
+    assert store.get_job(job).status == "queued" and store.images_for_job(job) == []
+    # The same address given to a generate run: its job is recorded as failed, with that reason.
+    result = subprocess.run(cli_cmd(instance, "generate", "--model", "tiny", "--steps", "4", "-p", PROMPT,
+                                    "--ray", address), cwd=ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("Error: no Ray cluster")
+    failed = store.list_jobs()[0]
+    assert failed.status == "failed" and "no Ray cluster answers" in failed.error and failed.done == 0
+
+
+def _done_count(db):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_head_killed_mid_job_resumes_from_the_rows(cluster, ray_exec, instance, store, inst):
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=10).to_json(), 8, 400)
+    cmd = cli_cmd(instance, "worker", "--ray", cluster_address(), "--once", "--device", "cpu")
+    head = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _done_count(inst.db_path) < 2 and head.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    head.send_signal(signal.SIGKILL)
+    head.wait()
+    killed_at = _done_count(inst.db_path)
+    assert 2 <= killed_at < 8, "the head must die part-way through the job"
+    rerun = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{killed_at}/8 already done" in rerun.stderr
+    assert_complete(store, inst, job, 8, 400)
