@@ -98,7 +98,7 @@ def test_two_cpu_actors_make_the_same_pixels_as_the_in_process_runner(ray_exec, 
 
 
 def test_an_actor_killed_mid_job_is_restarted_and_the_job_loses_nothing(ray_exec, store, inst, models):
-    job = store.create_job("generate", tiny_recipe(PROMPT, steps=10).to_json(), 8, 200)
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=6).to_json(), 8, 200)
     killed = {}
 
     def on_progress(p):
@@ -115,7 +115,7 @@ def test_an_actor_killed_mid_job_is_restarted_and_the_job_loses_nothing(ray_exec
 
 
 def test_cancel_stops_remote_work_within_seconds(ray_exec, store, inst, models):
-    job = store.create_job("generate", tiny_recipe(PROMPT, steps=40).to_json(), 40, 300)
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=24).to_json(), 40, 300)
     other = Store(store.path)  # the site asking, over its own connection
     asked = {}
 
@@ -199,7 +199,7 @@ def _done_count(db):
 
 
 def test_a_head_killed_mid_job_resumes_from_the_rows(cluster, ray_exec, instance, store, inst):
-    job = store.create_job("generate", tiny_recipe(PROMPT, steps=10).to_json(), 8, 400)
+    job = store.create_job("generate", tiny_recipe(PROMPT, steps=6).to_json(), 8, 400)
     cmd = cli_cmd(instance, "worker", "--ray", cluster_address(), "--once", "--device", "cpu")
     head = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -213,3 +213,88 @@ def test_a_head_killed_mid_job_resumes_from_the_rows(cluster, ray_exec, instance
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{killed_at}/8 already done" in rerun.stderr
     assert_complete(store, inst, job, 8, 400)
+
+
+def _wait_for_nodes(address, env, count, timeout=90):
+    code = ("import sys, time, ray\nray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "t = time.time()\nwhile len([n for n in ray.nodes() if n['Alive']]) < int(sys.argv[2]):\n"
+            "    assert time.time() - t < 60, 'nodes did not join'\n    time.sleep(0.2)\n")
+    subprocess.run([sys.executable, "-c", code, address, str(count)], env=env, check=True, timeout=timeout,
+                   capture_output=True)
+
+
+def test_a_two_node_cluster_on_loopback_makes_images_on_both_nodes(instance, store, inst):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**subprocess_env(), "RAY_AUTH_MODE": "token"}  # every node and driver of the cluster checks the token
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = [subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                               *common], **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        nodes.append(subprocess.Popen([RAY, "start", "--address", address, *common], **quiet))
+        _wait_for_nodes(address, env, 2)
+        job = store.create_job("generate", tiny_recipe(PROMPT, steps=6).to_json(), 8, 500)
+        result = subprocess.run(cli_cmd(instance, "worker", "--ray", address, "--once", "--device", "cpu"),
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "2 node(s), 2 CPU(s)" in result.stderr
+        rows = assert_complete(store, inst, job, 8, 500)
+        made_on = {r.node for r in rows}
+        assert len(made_on) == 2 and all(n.startswith(socket.gethostname() + "/") for n in made_on), made_on
+        listed = subprocess.run(cli_cmd(instance, "jobs"), cwd=ROOT, env=env, capture_output=True, text=True)
+        assert all(n in listed.stdout for n in made_on), listed.stdout
+    finally:
+        for node in reversed(nodes):
+            node.terminate()  # `ray start --block` stops that node's processes on SIGTERM
+        for node in nodes:
+            node.wait(timeout=60)
+
+
+def test_the_jobs_page_and_the_cli_show_where_each_image_was_made(instance, store, cli):
+    from conftest import new_image
+    from gallery.web import create_app
+
+    job = store.create_job("generate", tiny_recipe(PROMPT).to_json(), 3, 0)
+    for idx, (node, device) in enumerate([("<b>gpu-box</b>/1a2b", "cuda:3"), ("<b>gpu-box</b>/1a2b", "cuda:3"),
+                                          ("laptop", "cpu")]):
+        store.add_image(new_image(job, idx, node=node, device=device))
+    client = create_app({"INSTANCE": str(instance), "TESTING": True}).test_client()
+    page = client.get("/jobs").get_data(as_text=True)
+    assert "&lt;b&gt;gpu-box&lt;/b&gt;/1a2b · cuda:3 ×2" in page and "laptop · cpu ×1" in page
+    assert "<b>gpu-box" not in page
+    made_on = client.get("/api/jobs").get_json()["jobs"][0]["made_on"]
+    assert made_on == [{"node": "<b>gpu-box</b>/1a2b", "device": "cuda:3", "images": 2},
+                       {"node": "laptop", "device": "cpu", "images": 1}]
+    assert "on <b>gpu-box</b>/1a2b cuda:3 x2, laptop cpu x1" in cli("jobs").output
+
+
+def test_without_ray_nothing_imports_it(instance):
+    code = ("import sys\nfrom cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\nprint('ok')\n")
+    for args in (["--help"], ["--instance", str(instance), "generate", "--model", "tiny", "--steps", "2", "-p", PROMPT]):
+        result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_node_that_cannot_fetch_the_weights_fails_the_job_in_one_line_naming_it(ray_exec, store, inst, models):
+    from gallery.errors import WeightsMissing
+    from gallery.recipe import Recipe
+
+    # The big preset's weights are not here, and the actors are offline.
+    job = store.create_job("generate", Recipe(prompt=PROMPT, model="uncond-256", steps=2).to_json(), 2, 0)
+    with pytest.raises(WeightsMissing):
+        runner(ray_exec, store, inst, models).run(job)
+    j = store.get_job(job)
+    assert j.status == "failed" and j.error.startswith("WeightsMissing: on ") and len(j.error.splitlines()) == 1
+    assert any(w["node"] in j.error for w in ray_exec.pools["cpu"].where), j.error
+    assert store.images_for_job(job) == [] and files_of(inst, job) == []

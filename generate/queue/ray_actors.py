@@ -92,7 +92,7 @@ def connect(options: RayOptions) -> bool:
         _check_reachable(options.address)
         try:
             ray.init(address=options.address, **common)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError: all the user's to fix
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ClusterUnreachable(f"could not join the Ray cluster at {options.address}: {first[:300]}") from None
     else:
