@@ -223,7 +223,15 @@ def _wait_for_nodes(address, env, count, timeout=90):
                    capture_output=True)
 
 
-def test_a_two_node_cluster_on_loopback_makes_images_on_both_nodes(instance, store, inst):
+def _nodes_of(db):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(conn.execute("SELECT node, COUNT(*) FROM images GROUP BY node").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_two_node_cluster_on_loopback_makes_images_on_both_and_survives_losing_one(instance, store, inst):
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**subprocess_env(), "RAY_AUTH_MODE": "token"}  # every node and driver of the cluster checks the token
@@ -241,14 +249,21 @@ def test_a_two_node_cluster_on_loopback_makes_images_on_both_nodes(instance, sto
                 time.sleep(0.2)
         nodes.append(subprocess.Popen([RAY, "start", "--address", address, *common], **quiet))
         _wait_for_nodes(address, env, 2)
-        job = store.create_job("generate", tiny_recipe(PROMPT, steps=6).to_json(), 8, 500)
-        result = subprocess.run(cli_cmd(instance, "worker", "--ray", address, "--once", "--device", "cpu"),
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "2 node(s), 2 CPU(s)" in result.stderr
-        rows = assert_complete(store, inst, job, 8, 500)
-        made_on = {r.node for r in rows}
+        job = store.create_job("generate", tiny_recipe(PROMPT, steps=8).to_json(), 16, 500)
+        worker = subprocess.Popen(cli_cmd(instance, "worker", "--ray", address, "--once", "--device", "cpu"),
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while len(_nodes_of(inst.db_path)) < 2 and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        made_on = _nodes_of(inst.db_path)
+        nodes[1].terminate()  # the second node goes away mid-job: its work is redone on the head node
+        nodes[1].wait(timeout=60)
+        err = worker.communicate(timeout=300)[1]
+        assert worker.returncode == 0, err[-2000:]
+        assert "2 node(s), 2 CPU(s)" in err
         assert len(made_on) == 2 and all(n.startswith(socket.gethostname() + "/") for n in made_on), made_on
+        rows = assert_complete(store, inst, job, 16, 500)
+        assert len(rows) > sum(made_on.values()), "the job went on after the node left"
         listed = subprocess.run(cli_cmd(instance, "jobs"), cwd=ROOT, env=env, capture_output=True, text=True)
         assert all(n in listed.stdout for n in made_on), listed.stdout
     finally:

@@ -43,8 +43,11 @@ class RayOptions:
     cpus_per_actor: int = 1  # on CPU-only clusters
     max_actors: int | None = None
     max_restarts: int = 3  # per actor (Ray restarts it, on another node if its node died)
-    max_task_retries: int = 3  # per task, across those restarts
-    head_retries: int = 2  # a batch whose retries are spent goes back on the list this often
+    # A task Ray retries waits for its own actor to come back, which on a full cluster (a node
+    # gone, nowhere to restart) may be never: a lost batch is re-sent by the head instead, to a
+    # live actor, at most this many times.
+    max_task_retries: int = 0
+    head_retries: int = 3
     heartbeat_s: float = 0.5
     cancel_grace_s: float = 10.0  # then actors still busy with a cancelled job are killed (and restart)
     models_root: str | None = None  # a model cache folder on every node (default: the head's instance path)
@@ -261,8 +264,17 @@ class ActorPool:
         return "a Ray node"
 
     def pids(self) -> list[int]:
-        """The process id of each actor as it is now (restarted actors have new ones)."""
-        return [w["pid"] for w in ray.get([a.info.remote() for a in self.actors], timeout=60)]
+        """The process id of each actor as it is now (restarted actors have new ones; waits for them)."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return [w["pid"] for w in ray.get([a.info.remote() for a in self.actors], timeout=60)]
+            except ActorUnavailableError:  # restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def drop(self, actor) -> None:
         """Forget an actor that is dead for good."""

@@ -7,9 +7,9 @@ nodes. Each actor returns each finished image whole (PNG bytes with the recipe c
 animation, the CLIP embedding, its node and device); only the head writes files and rows, through
 the same ``record_image`` as the in-process runner.
 
-Faults: Ray restarts a dead actor (on another node if its node died) and retries its task, within
-``max_restarts``/``max_task_retries``; a batch that still fails goes back on the head's list for
-another actor, a bounded number of times. Nothing is recorded until its bytes reach the head, so
+Faults: Ray restarts a dead actor (on another node if its node died), ``max_restarts`` times; the
+batches it held go back on the head's list at once, for the live actors (``head_retries`` times
+each), and the restarted actor gets work again once it answers. Nothing is recorded until its bytes reach the head, so
 a head killed at any moment resumes from the rows like any worker (its actors die with it).
 Cancelling a job cancels its pending and running tasks (actors see the cancel at their next step).
 Progress reaches the head through a small hub actor, at most every ``heartbeat_s`` per actor, and
@@ -21,7 +21,7 @@ import time
 from collections import deque
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import ActorUnavailableError, RayError, RayTaskError, TaskCancelledError
 
 from gallery.errors import Cancelled, ClusterError, CuratorError
 from gallery.instance import Instance
@@ -85,6 +85,7 @@ class _Dispatch:
         self.inflight: dict = {}  # object ref -> (actor, batch)
         self.load = {a: 0 for a in self.pool.start()}
         self.failures: dict = {}
+        self.probes: dict = {}  # actor -> a call that answers once a lost actor is back (or dead for good)
         self.cancelled_at: float | None = None
         self.stopping = False
         self.step, self.steps, self.last_beat = 0, recipe.steps, 0.0
@@ -98,6 +99,7 @@ class _Dispatch:
             ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2) if self.inflight else ([], [])
             for ref in ready:
                 self._collect(ref)
+            self._check_probes()
             self._beat()
         if self.cancelled_at is not None:
             raise Cancelled(f"job {self.job.id} was cancelled")
@@ -106,7 +108,7 @@ class _Dispatch:
 
     def _submit(self) -> None:
         for actor in list(self.load):
-            while self.todo and self.load[actor] < IN_FLIGHT_PER_ACTOR:
+            while actor not in self.probes and self.todo and self.load[actor] < IN_FLIGHT_PER_ACTOR:
                 batch = self.todo.popleft()
                 self.inflight[actor.generate.remote(self.job, batch, self.every, self.refs)] = (actor, batch)
                 self.load[actor] += 1
@@ -141,28 +143,43 @@ class _Dispatch:
                 raise type(reason)(f"on {self.pool.node_of(actor)}: {reason}") from None
             raise ClusterError(f"images {batch[0]}..{batch[-1]} failed on {self.pool.node_of(actor)}: "
                                f"{type(reason).__name__}: {_first_line(reason)}") from None
-        except RayActorError as e:
+        except RayError as e:  # the actor died (or its node), or the result was lost with it
             if not ending:
                 self._lost(actor, batch, e)
             return
         for result in results:
             record_image(self.r.store, self.r.instance, self.job, result)
             self.done += 1
+            self.step = 0  # the next report is of an image still being made
             self._progress()
 
     def _lost(self, actor, batch: list[int], error: BaseException) -> None:
-        # Ray's own restarts and retries are spent: another actor gets the batch, a bounded number of times.
+        # Another actor gets the batch, a bounded number of times; this one rests until it answers.
         key = tuple(batch)
         self.failures[key] = self.failures.get(key, 0) + 1
         if self.failures[key] > self.r.options.head_retries:
             raise ClusterError(f"images {batch[0]}..{batch[-1]} were lost {self.failures[key]} times with their "
                                f"actor: {_first_line(error)}") from None
         self.todo.appendleft(batch)
-        if _dead_for_good(actor):
-            self.load.pop(actor, None)
-            self.pool.drop(actor)
-            if not self.load:
-                raise ClusterError("every Ray actor of the pool has died") from None
+        if actor in self.load and actor not in self.probes:
+            self.probes[actor] = actor.info.remote()
+
+    def _check_probes(self) -> None:
+        ready, _ = ray.wait(list(self.probes.values()), num_returns=len(self.probes), timeout=0) \
+            if self.probes else ([], [])
+        for actor, probe in list(self.probes.items()):
+            if probe not in ready:
+                continue
+            del self.probes[actor]
+            try:
+                ray.get(probe)  # restarted: back to work
+            except ActorUnavailableError:  # still restarting: ask again
+                self.probes[actor] = actor.info.remote()
+            except RayError:  # its restarts are spent
+                self.load.pop(actor, None)
+                self.pool.drop(actor)
+        if not self.load:
+            raise ClusterError("every Ray actor of the pool has died")
 
     def _beat(self) -> None:
         # Heartbeats (which also bring a cancel) at most every heartbeat_s, from the actors' latest steps.
@@ -189,17 +206,6 @@ class _Dispatch:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def _dead_for_good(actor) -> bool:
-    # One whose restarts are spent fails at once; a restarting one is busy loading (kept).
-    try:
-        ray.get(actor.info.remote(), timeout=1)
-        return False
-    except RayActorError:
-        return True
-    except GetTimeoutError:
-        return False
 
 
 class RayExecutor:
