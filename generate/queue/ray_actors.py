@@ -6,6 +6,7 @@ use), and returns finished images whole; it never sees the gallery's database or
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -133,6 +134,7 @@ class ImageActor:
         self.heartbeat_s = heartbeat_s
         self._gen: tuple | None = None  # (job recipe, Generator) of the last job
         self._refs = tempfile.mkdtemp(prefix="clip-curator-refs-")
+        self._upscalers: dict = {}
 
     def info(self) -> dict:
         """Where this actor runs (node, device, pid), or the one-line reason it cannot."""
@@ -184,6 +186,21 @@ class ImageActor:
                 self.hub.report.remote(key, job.id, indices[0], step.index + 1, step.total)
 
         return compute_images(gen, job, indices, every, on_step, self.node, self.label)
+
+    def upscale(self, model: str, data: bytes, recipe: dict, extra: dict):
+        """Upscale one image (its file's bytes); the upscaler is loaded once per model."""
+        from ..upscale import Upscaler
+        from .upscale_runner import upscale_png
+
+        if not hasattr(self, "device"):
+            self.info()
+        if model not in self._upscalers:
+            self._upscalers[model] = Upscaler(model, threads=self.threads)
+        if ray.get_runtime_context().is_canceled():
+            raise Cancelled("upscale cancelled")
+        src = Path(self._refs) / "upscale-source"
+        src.write_bytes(data)
+        return dataclasses.replace(upscale_png(self._upscalers[model], src, recipe, extra), node=self.node)
 
 
 def reference_images(recipe: Recipe, store: Store, instance: Instance) -> dict:

@@ -5,7 +5,8 @@ indices (the recipe's batch size) and keeps every actor of a pool busy with them
 GPU (``num_gpus=1``), or on CPU-only clusters one per ``cpus_per_actor`` CPUs, spread over the
 nodes. Each actor returns each finished image whole (PNG bytes with the recipe chunk, the
 animation, the CLIP embedding, its node and device); only the head writes files and rows, through
-the same ``record_image`` as the in-process runner.
+the same ``record_image`` as the in-process runner. Upscale jobs go through the same pool and
+the same ``record_upscale``.
 
 Faults: Ray restarts a dead actor (on another node if its node died), ``max_restarts`` times; the
 batches it held go back on the head's list at once, for the live actors (``head_retries`` times
@@ -23,7 +24,8 @@ from collections import deque
 import ray
 from ray.exceptions import ActorUnavailableError, RayError, RayTaskError, TaskCancelledError
 
-from gallery.errors import Cancelled, ClusterError, CuratorError
+from gallery.errors import BadRequest, Cancelled, ClusterError, CuratorError
+from gallery.files import sweep_temp
 from gallery.instance import Instance
 from gallery.recipe import Recipe
 from gallery.store import Job, Store
@@ -33,7 +35,7 @@ from ..models import ModelCache
 from .ray_actors import ActorPool, RayOptions, connect, reference_images
 from .runner import (Progress, ProgressFn, StopSignal, Stopped, pending_batches, record_image, remove_orphans,
                      run_claimed, save_every)
-from .upscale_runner import UpscaleRunner
+from .upscale_runner import record_upscale, upscale_recipe
 
 IN_FLIGHT_PER_ACTOR = 2  # the next batch waits on the actor, so it never idles between batches
 
@@ -68,27 +70,41 @@ class RayGenerateRunner:
     def _run(self, job: Job) -> None:
         recipe = complete(Recipe.from_json(job.recipe))
         remove_orphans(self.store, self.instance, job.id)
-        batches = pending_batches(self.store, job, recipe.batch_size)
-        if batches:
-            _Dispatch(self, job, recipe, batches).run()
+        batches = [tuple(b) for b in pending_batches(self.store, job, recipe.batch_size)]
+        if not batches:
+            return
+        every = save_every(job, recipe)
+        refs = ray.put(reference_images(recipe, self.store, self.instance))
+
+        def record(batch, results) -> int:
+            for result in results:
+                record_image(self.store, self.instance, job, result)
+            return len(results)
+
+        _Dispatch(self, job, batches, job.n - sum(map(len, batches)), recipe.steps,
+                  lambda actor, batch: actor.generate.remote(job, list(batch), every, refs), record,
+                  lambda batch: f"images {batch[0]}..{batch[-1]}").run()
 
 
 class _Dispatch:
-    """One job's trip through the pool: what is still to send, what is out, and how it ends."""
+    """One job's trip through the pool: what is still to send, what is out, and how it ends.
 
-    def __init__(self, runner: RayGenerateRunner, job: Job, recipe: Recipe, batches: list[list[int]]):
+    ``send(actor, item)`` starts an item on an actor; ``record(item, result)`` records what came
+    back, on the head, and says how many of the job's items that finished.
+    """
+
+    def __init__(self, runner, job: Job, items: list, done: int, steps: int, send, record, what=str):
         self.r, self.job, self.pool = runner, job, runner.pool
-        self.every = save_every(job, recipe)
-        self.todo = deque(batches)
-        self.done = job.n - sum(map(len, batches))
-        self.refs = ray.put(reference_images(recipe, runner.store, runner.instance))
-        self.inflight: dict = {}  # object ref -> (actor, batch)
+        self.send, self.record, self.what = send, record, what
+        self.todo = deque(items)
+        self.done = done
+        self.inflight: dict = {}  # object ref -> (actor, item)
         self.load = {a: 0 for a in self.pool.start()}
         self.failures: dict = {}
         self.probes: dict = {}  # actor -> a call that answers once a lost actor is back (or dead for good)
         self.cancelled_at: float | None = None
         self.stopping = False
-        self.step, self.steps, self.last_beat = 0, recipe.steps, 0.0
+        self.step, self.steps, self.last_beat = 0, steps, 0.0
 
     def run(self) -> None:
         """Until every batch is recorded (or the job is cancelled or the worker stops)."""
@@ -109,8 +125,8 @@ class _Dispatch:
     def _submit(self) -> None:
         for actor in list(self.load):
             while actor not in self.probes and self.todo and self.load[actor] < IN_FLIGHT_PER_ACTOR:
-                batch = self.todo.popleft()
-                self.inflight[actor.generate.remote(self.job, batch, self.every, self.refs)] = (actor, batch)
+                item = self.todo.popleft()
+                self.inflight[self.send(actor, item)] = (actor, item)
                 self.load[actor] += 1
 
     def _cancel_all(self) -> None:
@@ -141,24 +157,22 @@ class _Dispatch:
                 return
             if isinstance(reason, CuratorError):
                 raise type(reason)(f"on {self.pool.node_of(actor)}: {reason}") from None
-            raise ClusterError(f"images {batch[0]}..{batch[-1]} failed on {self.pool.node_of(actor)}: "
+            raise ClusterError(f"{self.what(batch)} failed on {self.pool.node_of(actor)}: "
                                f"{type(reason).__name__}: {_first_line(reason)}") from None
         except RayError as e:  # the actor died (or its node), or the result was lost with it
             if not ending:
                 self._lost(actor, batch, e)
             return
-        for result in results:
-            record_image(self.r.store, self.r.instance, self.job, result)
-            self.done += 1
-            self.step = 0  # the next report is of an image still being made
-            self._progress()
+        self.done += self.record(batch, results)
+        self.step = 0  # the next report is of an image still being made
+        self._progress()
 
-    def _lost(self, actor, batch: list[int], error: BaseException) -> None:
-        # Another actor gets the batch, a bounded number of times; this one rests until it answers.
-        key = tuple(batch)
+    def _lost(self, actor, batch, error: BaseException) -> None:
+        # Another actor gets the item, a bounded number of times; this one rests until it answers.
+        key = batch
         self.failures[key] = self.failures.get(key, 0) + 1
         if self.failures[key] > self.r.options.head_retries:
-            raise ClusterError(f"images {batch[0]}..{batch[-1]} were lost {self.failures[key]} times with their "
+            raise ClusterError(f"{self.what(batch)} were lost {self.failures[key]} times with their "
                                f"actor: {_first_line(error)}") from None
         self.todo.appendleft(batch)
         if actor in self.load and actor not in self.probes:
@@ -203,13 +217,41 @@ class _Dispatch:
             self.r.on_progress(Progress(self.job.id, self.done, self.job.n, self.step, self.steps))
 
 
+class RayUpscaleRunner(RayGenerateRunner):
+    """Runs a claimed upscale job on the pool: parents' files out, upscaled PNGs in, recorded here."""
+
+    def _run(self, job: Job) -> None:
+        sweep_temp(self.instance.upscaled_dir)
+        model = job.params.get("model", "x4plus")
+        ids = job.params.get("image_ids", [])
+        items = [(idx, pid) for idx, pid in enumerate(ids) if self.store.upscale_of(pid, model) is None]
+        finished = [len(ids) - len(items)]
+        self.store.set_job_done(job.id, finished[0])
+
+        def send(actor, item):
+            parent = self.store.get_image(item[1])
+            src = self.instance.file(parent.path)
+            if src is None:
+                raise BadRequest(f"image {parent.id} has no file inside the gallery")
+            return actor.upscale.remote(model, src.read_bytes(), *upscale_recipe(parent, model))
+
+        def record(item, result) -> int:
+            record_upscale(self.store, self.instance, job.id, item[0], self.store.get_image(item[1]), model, result)
+            finished[0] += 1
+            self.store.set_job_done(job.id, finished[0])
+            return 1
+
+        if items:
+            _Dispatch(self, job, items, finished[0], 1, send, record, lambda item: f"the upscale of image {item[1]}").run()
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 class RayExecutor:
-    """Runs generate jobs on a pool of Ray actors; upscales stay in this process for now."""
+    """Runs generate and upscale jobs on a pool of Ray actors."""
 
     def __init__(self, options: RayOptions, owns_connection: bool = False):
         self.options = options
@@ -240,10 +282,11 @@ class RayExecutor:
 
     def runners(self, store: Store, instance: Instance, models: ModelCache, device: str,
                 on_progress: ProgressFn | None, stop: StopSignal) -> dict:
-        """A generate runner on the cluster's actors; upscales in this process."""
+        """Generate and upscale runners on the cluster's actors (one pool for both)."""
         return {"generate": RayGenerateRunner(store, instance, self.pool(instance, device), self.options,
                                               on_progress=on_progress, stop=stop),
-                "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=stop)}
+                "upscale": RayUpscaleRunner(store, instance, self.pool(instance, device), self.options,
+                                            on_progress=on_progress, stop=stop)}
 
     def close(self) -> None:
         """Kill the actors; leave the cluster (a local one stops with this process)."""
