@@ -112,7 +112,11 @@ class _Dispatch:
             self._check_stop()
             if self.cancelled_at is None and not self.stopping:
                 self._submit()
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2) if self.inflight else ([], [])
+            if self.inflight:
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.2)
+            else:  # every actor is coming back from a loss: wait for the probes
+                ready = []
+                time.sleep(0.2)
             for ref in ready:
                 self._collect(ref)
             self._check_probes()
