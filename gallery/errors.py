@@ -86,3 +86,17 @@ class IndexUnusable(CuratorError):
     """The vector index folder cannot be read or written (it is a file, or not permitted)."""
 
     status = 503
+
+
+class ClusterError(CuratorError):
+    """A Ray cluster that cannot be reached, or cannot run what a job asks for."""
+
+    status = 503
+
+
+class ClusterUnreachable(ClusterError):
+    """No Ray cluster answers at the address given."""
+
+
+class NoDevice(ClusterError):
+    """No node of the cluster has the device a job asks for."""

@@ -116,7 +116,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class Generator:
     """The models and targets for one recipe, ready to sample images by seed."""
 
-    def __init__(self, recipe: Recipe, models: ModelCache, device: torch.device, store: Store | None = None):
+    def __init__(self, recipe: Recipe, models: ModelCache, device: torch.device, store: Store | None = None,
+                 load_image: Callable[[str], Image.Image] | None = None):
+        # ``load_image`` reads an init or image-prompt reference where there is no store (a remote actor).
+        self._load = load_image or (lambda ref: load_image_ref(ref, store, models.instance))
         self.recipe = recipe = complete(recipe)
         self.device = device
         self.precision = resolve_precision(recipe.precision, device)
@@ -127,7 +130,7 @@ class Generator:
         self.target, self.weights = self._targets(store, models.instance)
         self.init = None
         if recipe.init_image:
-            self.init = to_tensor(load_image_ref(recipe.init_image, store, models.instance), self.preset.image_size)
+            self.init = to_tensor(self._load(recipe.init_image), self.preset.image_size)
         self.scales = GuidanceScales(recipe.clip_guidance_scale, recipe.tv_scale, recipe.range_scale,
                                      recipe.cutn, recipe.cut_pow)
 
@@ -138,7 +141,7 @@ class Generator:
         weights = [p.weight for p in parts]
         for spec in self.recipe.image_prompts:
             ref = parse_image_prompt(spec)
-            im = to_tensor(load_image_ref(ref.ref, store, instance), self.preset.image_size)
+            im = to_tensor(self._load(ref.ref), self.preset.image_size)
             embeds.append(self.clip.embed_pixels(im.add(1).div(2)))
             weights.append(ref.weight)
         return torch.cat(embeds), torch.tensor(weights)

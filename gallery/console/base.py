@@ -87,6 +87,26 @@ def device_option(f):
     return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")(f)
 
 
+def ray_options(f):
+    """--ray [ADDRESS], --cpus-per-actor and --actors: run the queue's images on a Ray cluster."""
+    f = click.option("--actors", type=click.IntRange(min=1), help="At most this many Ray actors (default: one per "
+                     "GPU, or per --cpus-per-actor CPUs on CPU-only clusters).")(f)
+    f = click.option("--cpus-per-actor", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="CPUs each Ray actor uses on CPU-only clusters.")(f)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+                        help="Make images on a Ray cluster: HOST:PORT of `ray start --head` (or 'auto'); "
+                             "without an address, a local one on this machine.")(f)
+
+
+def ray_executor(ray_address, cpus_per_actor=1, actors=None):
+    """The Ray executor for these options, connected; None when --ray was not given (nothing imported)."""
+    if ray_address is None:
+        return None
+    from generate.queue.executors import ray_executor as connect
+
+    return connect(ray_address, cpus_per_actor=cpus_per_actor, max_actors=actors)
+
+
 def progress_bar(unit: str = "step"):
     """(on_progress, close): a tqdm bar over all steps of a job, fed by a runner's Progress reports."""
     from tqdm import tqdm

@@ -10,7 +10,7 @@ from gallery.errors import CuratorError
 from gallery.recipe import Recipe
 from gallery.store import JOB_STATUSES
 
-from .base import Ctx, command, device_option, need, progress_bar
+from .base import Ctx, command, device_option, need, progress_bar, ray_executor, ray_options
 
 
 @command()
@@ -58,8 +58,9 @@ from .base import Ctx, command, device_option, need, progress_bar
 @click.option("--queue", is_flag=True, help="Only queue the job, for a worker to run.")
 @click.option("--new", is_flag=True, help="Start a new job even if an identical one is unfinished.")
 @device_option
+@ray_options
 def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifier_names, iterations, lr, size,
-             more_settings, **settings):
+             more_settings, ray_address, cpus_per_actor, actors, **settings):
     """Generate N images for a prompt (resumes an identical unfinished job).
 
     Example: clip-curator generate -p "a red circle on a white background" --model tiny --n 8
@@ -79,7 +80,8 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifi
     recipe = Recipe(**{**settings, "image_prompts": tuple(settings["image_prompts"]),
                        "variations": resolve_mode(variations, settings["prompt"]), "settings": own})
     recipe = with_modifiers(recipe, modifier_names, c.instance)
-    resolve_precision(recipe.precision, pick_device(device))
+    if ray_address is None:  # on a cluster the actors' devices count, checked where they run
+        resolve_precision(recipe.precision, pick_device(device))
     recipe, request = check_job(c.instance, recipe, {"n": n, "seed": seed, "save_every": save_every},
                                 c.existing_store(), fetch=True)
     job = record_job(c.store(), recipe, request, resume=not new)
@@ -93,7 +95,12 @@ def generate(c: Ctx, n, seed, save_every, queue, new, device, variations, modifi
     if queue:
         click.echo(job.job_id)
         return
-    _run_job(c, job.job_id, device)
+    try:
+        executor = ray_executor(ray_address, cpus_per_actor, actors)
+    except CuratorError as e:
+        c.store().finish_job(job.job_id, "failed", f"{type(e).__name__}: {e}"[:500])
+        raise
+    _run_job(c, job.job_id, device, executor)
 
 
 def _setting_value(text: str):
@@ -120,16 +127,22 @@ def _backend_settings(settings: dict, iterations, lr, size, more: tuple) -> tupl
     return settings, own
 
 
-def _run_job(c: Ctx, job_id: int, device: str) -> None:
-    from generate.queue import GenerateRunner
+def _run_job(c: Ctx, job_id: int, device: str, executor=None) -> None:
+    from generate.queue import GenerateRunner, StopSignal
 
     on_progress, close = progress_bar()
     models = c.models()
     try:
-        status = GenerateRunner(c.store(), c.instance, models, device, on_progress=on_progress).run(job_id)
+        if executor is None:
+            runner = GenerateRunner(c.store(), c.instance, models, device, on_progress=on_progress)
+        else:
+            runner = executor.runners(c.store(), c.instance, models, device, on_progress, StopSignal())["generate"]
+        status = runner.run(job_id)
     finally:
         close()
         models.close()
+        if executor is not None:
+            executor.close()
     job = c.store().get_job(job_id)
     click.echo(f"job {job_id}: {status}, {job.done}/{job.n} images in {c.instance.images_dir}", err=True)
     if status != "done":
@@ -140,24 +153,33 @@ def _run_job(c: Ctx, job_id: int, device: str) -> None:
 @click.option("--once", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between looks at an empty queue.")
 @device_option
-def worker(c: Ctx, once, poll, device):
-    """Run queued jobs, and resume jobs whose worker died.
+@ray_options
+def worker(c: Ctx, once, poll, device, ray_address, cpus_per_actor, actors):
+    """Run queued jobs, and resume jobs whose worker died; with --ray, on every GPU of a Ray cluster.
 
     Example: clip-curator worker --once
+    Example: clip-curator worker --ray 10.0.0.1:6379
     """
     from generate.queue import Worker
     from generate.queue.worker import stop_on_signals
 
+    executor = ray_executor(ray_address, cpus_per_actor, actors)
     on_progress, close = progress_bar()
     models = c.models()
     log = lambda m: click.echo(m, err=True)  # noqa: E731
-    w = Worker.standard(c.store(), c.instance, models, device, on_progress=on_progress, on_event=log)
     try:
+        if executor is not None:
+            executor.check(device)
+            log(f"Ray cluster: {executor.describe()}")
+        w = Worker.standard(c.store(), c.instance, models, device, on_progress=on_progress, on_event=log,
+                            executor=executor)
         with stop_on_signals(w, log):
             w.run(once=once, poll_s=poll)
     finally:
         close()
         models.close()
+        if executor is not None:
+            executor.close()
     log("worker stopped; an unfinished job resumes where it stopped")
 
 
@@ -172,13 +194,18 @@ def jobs(c: Ctx, status, limit, as_json):
     """
     need(status is None or status in JOB_STATUSES, f"status must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
     store = c.existing_store()
-    for j in store.list_jobs(status, limit) if store else []:
+    listed = store.list_jobs(status, limit) if store else []
+    made_on = store.made_on([j.id for j in listed]) if store else {}
+    for j in listed:
+        where = made_on.get(j.id, [])
         if as_json:
             click.echo(json.dumps({"id": j.id, "kind": j.kind, "status": j.status, "done": j.done, "n": j.n,
-                                   "prompt": j.prompt, "error": j.error, "created": j.created}))
+                                   "prompt": j.prompt, "error": j.error, "created": j.created,
+                                   "made_on": [{"node": n, "device": d, "images": k} for n, d, k in where]}))
         else:
             line = f"{j.id:>5}  {j.kind:<8} {j.status:<9} {j.done:>4}/{j.n:<4} {j.prompt[:60]}"
-            click.echo(line + (f"  ({j.error})" if j.error else ""))
+            line += f"  ({j.error})" if j.error else ""
+            click.echo(line + ("  on " + ", ".join(f"{n} {d} x{k}" for n, d, k in where) if where else ""))
 
 
 @command()

@@ -6,7 +6,7 @@ import click
 from gallery.errors import BadRequest
 from gallery.store import Store
 
-from .base import Ctx, command, device_option
+from .base import Ctx, command, device_option, ray_executor, ray_options
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -17,7 +17,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 @click.option("--no-worker", is_flag=True, help="Serve only; run jobs with a separate `clip-curator worker`.")
 @click.option("--behind-proxy", is_flag=True, help="Trust X-Forwarded-For/-Proto/-Host from a local TLS proxy.")
 @device_option
-def serve(c: Ctx, host, port, no_worker, behind_proxy, device):
+@ray_options
+def serve(c: Ctx, host, port, no_worker, behind_proxy, device, ray_address, cpus_per_actor, actors):
     """Serve the gallery site (waitress), with a worker for the queue unless --no-worker.
 
     Example: clip-curator serve --port 8080
@@ -29,14 +30,22 @@ def serve(c: Ctx, host, port, no_worker, behind_proxy, device):
     if host not in LOOPBACK and not c.instance.config().password_hash:
         raise BadRequest(f"refusing to serve on {host} without a password: run `clip-curator set-password` "
                          "first, or bind to 127.0.0.1")
-    worker = None
+    worker, executor = None, None
     if not no_worker:
         from generate.queue import Worker
 
+        # Joined here, on the main thread, so a wrong address is one line before anything is served.
+        executor = ray_executor(ray_address, cpus_per_actor, actors)
+        if executor is not None:
+            executor.check(device)
         worker = Worker.standard(Store(c.instance.db_path), c.instance, c.models(), device,
-                        on_event=lambda m: click.echo(m, err=True))
+                                 on_event=lambda m: click.echo(m, err=True), executor=executor)
     click.echo(f"instance {c.instance.root}", err=True)
-    run(app, host, port, worker, log=lambda m: click.echo(m, err=True))
+    try:
+        run(app, host, port, worker, log=lambda m: click.echo(m, err=True))
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 @command(name="set-password")

@@ -68,6 +68,16 @@ class ImagesMixin:
         return [ImageRow.from_row(r) for r in self._rows("SELECT * FROM images WHERE job_id = ? ORDER BY idx",
                                                          (job_id,))]
 
+    def made_on(self, job_ids) -> dict[int, list[tuple[str, str, int]]]:
+        """Where each job's images were made: (node, device, images) by job id, the busiest first."""
+        out: dict[int, list[tuple[str, str, int]]] = {}
+        for job_id, node, device, count in self.conn.execute(
+                "SELECT job_id, COALESCE(node, ''), COALESCE(device, ''), COUNT(*) FROM images "
+                "WHERE job_id IN (SELECT value FROM json_each(?)) GROUP BY job_id, node, device "
+                "ORDER BY job_id, COUNT(*) DESC, node, device", (_ids_json(job_ids),)):
+            out.setdefault(job_id, []).append((node, device, count))
+        return out
+
     def image_paths(self, job_id: int) -> set[str]:
         """Relative paths (images and animations) that rows of this job point at."""
         out = set()

@@ -17,7 +17,7 @@ from gallery.validate import parse
 from generate.queue import queue_upscale, regenerate as queue_regenerate
 
 from .context import get_store, instance, searcher
-from .jobs import job_dict
+from .jobs import job_dict, job_dicts
 from .params import grid_query
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -125,8 +125,9 @@ def empty_trash():
 def jobs():
     """The newest 100 jobs with their progress (``?active=1``: only queued and running ones)."""
     active = request.args.get("active") == "1"
-    listed = [j for j in get_store().list_jobs(limit=100) if not active or j.status in ("queued", "running")]
-    return jsonify(jobs=[job_dict(j) for j in listed])
+    store = get_store()
+    listed = [j for j in store.list_jobs(limit=100) if not active or j.status in ("queued", "running")]
+    return jsonify(jobs=job_dicts(store, listed))
 
 
 @bp.post("/jobs/<id:job_id>/cancel")

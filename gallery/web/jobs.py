@@ -24,8 +24,9 @@ def _seconds(start: str | None, end: str | None) -> float | None:
     return max(0.0, (stop - parse(start)).total_seconds())
 
 
-def job_dict(job: Job) -> dict:
-    """A job as the pages and the API show it, with its duration and, while it runs, an ETA in seconds."""
+def job_dict(job: Job, made_on: list | None = None) -> dict:
+    """A job as the pages and the API show it, with its duration, while it runs an ETA in seconds, and
+    where its images were made (node, device, images)."""
     duration = _seconds(job.started, job.finished)
     eta = None
     if job.status == "running" and duration and job.n:
@@ -34,13 +35,21 @@ def job_dict(job: Job) -> dict:
     return {"id": job.id, "kind": job.kind, "status": job.status, "done": job.done, "n": job.n,
             "step": job.step, "steps": job.steps, "prompt": job.prompt, "error": job.error, "created": job.created,
             "started": job.started, "finished": job.finished, "duration": duration, "eta": eta,
-            "cancel_requested": job.cancel_requested}
+            "cancel_requested": job.cancel_requested,
+            "made_on": [{"node": n, "device": d, "images": k} for n, d, k in made_on or []]}
+
+
+def job_dicts(store, jobs: list[Job]) -> list[dict]:
+    """job_dict of each job, with where its images were made (one query for them all)."""
+    made_on = store.made_on([j.id for j in jobs])
+    return [job_dict(j, made_on.get(j.id)) for j in jobs]
 
 
 @bp.route("/jobs")
 def index():
     """Queued, running, finished and failed jobs, newest first."""
-    return render_template("jobs/list.html", jobs=[job_dict(j) for j in get_store().list_jobs(limit=100)])
+    store = get_store()
+    return render_template("jobs/list.html", jobs=job_dicts(store, store.list_jobs(limit=100)))
 
 
 @bp.route("/jobs/new", methods=["GET", "POST"])

@@ -23,7 +23,7 @@ from gallery.recipe import Recipe
 
 from .. import presets as P
 from .optimise import (ClipObjective, Number, OptimImage, OptimSettings, OptimStep, above, cached_model,
-                       clip_targets, complete_recipe, load_checked, optimise, seed_generators, weights_path)
+                       clip_targets, complete_recipe, image_loader, load_checked, optimise, seed_generators, weights_path)
 
 PENALTY_WEIGHT = 0.01
 
@@ -106,7 +106,7 @@ class BigganGenerator:
     settings_class = BigganSettings
 
     def __init__(self, recipe: Recipe, models, device: torch.device, store=None,
-                 settings: BigganSettings | dict | None = None):
+                 settings: BigganSettings | dict | None = None, load_image=None):
         self.preset = P.backend_preset(recipe.model, "biggan")
         self.recipe = recipe = complete_recipe(recipe, self.preset.clip)
         self.settings = s = BigganSettings.resolve(self.preset.defaults, settings)
@@ -118,7 +118,7 @@ class BigganGenerator:
                                   lambda: load_biggan(self.preset, path, device))
         self.size = int(self.preset.config["output_dim"])
         self.clip = models.clip(recipe.clip_model, device)
-        target, weights = clip_targets(self.clip, recipe, store, models.instance, self.size)
+        target, weights = clip_targets(self.clip, recipe, image_loader(store, models.instance, load_image), self.size)
         self.objective = ClipObjective(self.clip, target, weights, s)
 
     @property

@@ -23,7 +23,9 @@ from gallery.errors import BadRequest, RecipeError, WeightsCorrupt
 from gallery.recipe import Recipe
 from gallery.validate import parse
 
+from ..diffusion import load_image_ref, to_tensor
 from ..guidance import make_cutouts, spherical_dist_loss
+from ..prompts import parse_image_prompt, parse_prompt
 from ..sampler import Step
 
 Number = StrictFloat | StrictInt
@@ -141,17 +143,20 @@ def seed_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.
             torch.Generator().manual_seed(seed ^ (1 << 41)))
 
 
-def clip_targets(clip, recipe: Recipe, store, instance, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prompt's weighted CLIP targets: its text parts, then its image prompts (at ``size``)."""
-    from ..diffusion import load_image_ref, to_tensor
-    from ..prompts import parse_image_prompt, parse_prompt
+def image_loader(store, instance, load_image=None) -> Callable:
+    """How a backend reads an init or image-prompt reference: ``load_image`` where there is no
+    store (a remote actor), else the gallery's or the file's."""
+    return load_image or (lambda ref: load_image_ref(ref, store, instance))
 
+
+def clip_targets(clip, recipe: Recipe, load: Callable, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's weighted CLIP targets: its text parts, then its image prompts (read by ``load``, at ``size``)."""
     parts = parse_prompt(recipe.prompt)
     embeds = [clip.encode_text([p.text for p in parts])]
     weights = [p.weight for p in parts]
     for spec in recipe.image_prompts:
         ref = parse_image_prompt(spec)
-        im = to_tensor(load_image_ref(ref.ref, store, instance), size)
+        im = to_tensor(load(ref.ref), size)
         embeds.append(clip.embed_pixels(im.add(1).div(2)))
         weights.append(ref.weight)
     return torch.cat(embeds).float(), torch.tensor(weights, dtype=torch.float32)

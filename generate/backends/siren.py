@@ -18,7 +18,7 @@ from gallery.recipe import Recipe
 
 from .. import presets as P
 from .optimise import (ClipObjective, OptimImage, OptimSettings, OptimStep, StrictInt, clamp_with_grad, clip_targets,
-                       complete_recipe, optimise, seed_generators, whole)
+                       complete_recipe, image_loader, optimise, seed_generators, whole)
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -62,7 +62,7 @@ class SirenGenerator:
     settings_class = SirenSettings
 
     def __init__(self, recipe: Recipe, models, device: torch.device, store=None,
-                 settings: SirenSettings | dict | None = None):
+                 settings: SirenSettings | dict | None = None, load_image=None):
         self.preset = P.backend_preset(recipe.model, "siren")
         self.recipe = recipe = complete_recipe(recipe, self.preset.clip)
         self.settings = SirenSettings.resolve(self.preset.defaults, settings)
@@ -70,7 +70,8 @@ class SirenGenerator:
             raise BadRequest("siren starts from its own random network; it takes no init image")
         self.device = device
         self.clip = models.clip(recipe.clip_model, device)
-        target, weights = clip_targets(self.clip, recipe, store, models.instance, self.settings.size)
+        load = image_loader(store, models.instance, load_image)
+        target, weights = clip_targets(self.clip, recipe, load, self.settings.size)
         self.objective = ClipObjective(self.clip, target, weights, self.settings)
 
     @property

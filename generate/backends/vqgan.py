@@ -24,7 +24,7 @@ from gallery.recipe import Recipe
 
 from .. import presets as P
 from .optimise import (ClipObjective, Number, OptimImage, OptimSettings, OptimStep, StrictInt, cached_model,
-                       clamp_with_grad, clip_targets, complete_recipe, load_checked, number, optimise,
+                       clamp_with_grad, clip_targets, complete_recipe, image_loader, load_checked, number, optimise,
                        replace_grad, seed_generators, weights_path, whole)
 
 
@@ -127,7 +127,7 @@ class VqganGenerator:
     settings_class = VqganSettings
 
     def __init__(self, recipe: Recipe, models, device: torch.device, store=None,
-                 settings: VqganSettings | dict | None = None):
+                 settings: VqganSettings | dict | None = None, load_image=None):
         self.preset = P.backend_preset(recipe.model, "vqgan")
         self.recipe = recipe = complete_recipe(recipe, self.preset.clip)
         self.settings = s = VqganSettings.resolve(self.preset.defaults, settings)
@@ -143,10 +143,8 @@ class VqganGenerator:
         self.clip = models.clip(recipe.clip_model, device)
         self.init = None
         if recipe.init_image:
-            from ..diffusion import load_image_ref, to_tensor
-
-            self.init = to_tensor(load_image_ref(recipe.init_image, store, models.instance), s.size)
-        target, weights = clip_targets(self.clip, recipe, store, models.instance, s.size)
+            self.init = to_tensor(image_loader(store, models.instance, load_image)(recipe.init_image), s.size)
+        target, weights = clip_targets(self.clip, recipe, image_loader(store, models.instance, load_image), s.size)
         self.objective = ClipObjective(self.clip, target, weights, s)
 
     @property

@@ -6,15 +6,56 @@ re-running a job, or queueing the same image twice, never creates a duplicate.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
 from gallery.errors import BadRequest, Cancelled
-from gallery.files import sha256_file, sweep_temp
-from gallery.imaging import write_png
+from gallery.files import sweep_temp, write_bytes
 from gallery.instance import Instance
 from gallery.recipe import png_info
-from gallery.store import Job, NewImage, Store
+from gallery.store import ImageRow, Job, NewImage, Store
 
 from ..upscale import Upscaler, open_image
 from .runner import Progress, ProgressFn, StopSignal, run_claimed
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    """One upscaled image, complete in memory (PNG with the parent's recipe), wherever it was made."""
+
+    png: bytes
+    width: int
+    height: int
+    device: str
+    node: str | None = None
+
+
+def upscale_png(up: Upscaler, src: Path, recipe: dict, extra: dict) -> UpscaleResult:
+    """Upscale an image file and encode it with its recipe chunk (no store, no instance folder)."""
+    image = up.upscale(open_image(src, up))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info(recipe, {**extra, "scale": up.scale}))
+    return UpscaleResult(buf.getvalue(), image.width, image.height, up.device)
+
+
+def upscale_recipe(parent: ImageRow, model: str) -> tuple[dict, dict]:
+    """The recipe and extra facts an upscale of this parent carries in its PNG."""
+    return parent.recipe_dict or {"prompt": parent.prompt}, {
+        "upscaler": f"Real-ESRGAN {model} (ncnn)", "parent": parent.id, "parent_size": [parent.width, parent.height]}
+
+
+def record_upscale(store: Store, instance: Instance, job_id: int, idx: int, parent: ImageRow, model: str,
+                   result: UpscaleResult) -> int:
+    """Write an upscale's file atomically, then its row linked to its parent: every executor records it so."""
+    dest = instance.upscale_path(parent.id, model)
+    write_bytes(dest, result.png)
+    return store.add_image(NewImage(
+        path=instance.rel(dest), width=result.width, height=result.height, recipe_json=parent.recipe,
+        prompt=parent.prompt, kind="upscaled", job_id=job_id, idx=idx, seed=parent.seed, model=parent.model,
+        clip_model=parent.clip_model, device=result.device, parent_id=parent.id,
+        sha256=hashlib.sha256(result.png).hexdigest(), upscaler=model, node=result.node))
 
 
 class UpscaleRunner:
@@ -61,17 +102,8 @@ class UpscaleRunner:
         src = self.instance.file(parent.path)
         if src is None:
             raise BadRequest(f"image {parent_id} has no file inside the gallery")
-        image = up.upscale(open_image(src, up))
-        dest = self.instance.upscale_path(parent_id, model)
-        recipe = parent.recipe_dict or {"prompt": parent.prompt}
-        extra = {"upscaler": f"Real-ESRGAN {model} (ncnn)", "scale": up.scale, "parent": parent_id,
-                 "parent_size": [parent.width, parent.height]}
-        write_png(image, dest, png_info(recipe, extra))
-        return self.store.add_image(NewImage(
-            path=self.instance.rel(dest), width=image.width, height=image.height, recipe_json=parent.recipe,
-            prompt=parent.prompt, kind="upscaled", job_id=job_id, idx=idx, seed=parent.seed, model=parent.model,
-            clip_model=parent.clip_model, device=up.device, parent_id=parent_id, sha256=sha256_file(dest),
-            upscaler=model))
+        return record_upscale(self.store, self.instance, job_id, idx, parent, model,
+                              upscale_png(up, src, *upscale_recipe(parent, model)))
 
     def close(self) -> None:
         """Release the networks."""

@@ -11,8 +11,8 @@ from gallery.instance import Instance
 from gallery.store import Store, worker_id
 
 from ..models import ModelCache
-from .runner import GenerateRunner, ProgressFn, StopSignal
-from .upscale_runner import UpscaleRunner
+from .executors import Executor, LocalExecutor
+from .runner import ProgressFn, StopSignal
 
 
 class Worker:
@@ -36,8 +36,10 @@ class Worker:
 
     @classmethod
     def standard(cls, store: Store, instance: Instance, models: ModelCache, device: str = "auto",
-                 on_progress: ProgressFn | None = None, on_event: Callable[[str], None] | None = None) -> "Worker":
-        """A worker for every kind of job, on this instance, with these models."""
+                 on_progress: ProgressFn | None = None, on_event: Callable[[str], None] | None = None,
+                 executor: Executor | None = None) -> "Worker":
+        """A worker for every kind of job, on this instance, with these models (in this process unless
+        ``executor`` says otherwise)."""
         signal = StopSignal()
 
         def tidy() -> str | None:
@@ -45,10 +47,8 @@ class Worker:
             gone = empty_trash(store, instance, days) if days else []
             return f"deleted {len(gone)} image(s) rejected more than {days:g} days ago" if gone else None
 
-        return cls(store, {
-            "generate": GenerateRunner(store, instance, models, device, on_progress=on_progress, stop=signal),
-            "upscale": UpscaleRunner(store, instance, on_progress=on_progress, stop=signal),
-        }, signal, on_event, tidy)
+        runners = (executor or LocalExecutor()).runners(store, instance, models, device, on_progress, signal)
+        return cls(store, runners, signal, on_event, tidy)
 
     def stop(self, now: bool = False) -> None:
         """Ask the worker to stop after the current image (or, with ``now``, at the next step)."""

@@ -464,6 +464,12 @@ function renderJobs(jobs) {
       if (!step) { step = document.createElement("span"); step.className = "step"; row.querySelector(".progress").append(" ", step); }
       step.textContent = `step ${j.step}/${j.steps}`;
     } else if (step) step.remove();
+    const madeOn = row.querySelector(".made-on");
+    madeOn.replaceChildren(...(j.made_on || []).map((w) => {
+      const d = document.createElement("div");
+      d.textContent = `${w.node || "?"} · ${w.device || "?"} ×${w.images}`;
+      return d;
+    }));
     row.querySelector(".started").textContent = (j.started || "").slice(0, 19).replace("T", " ");
     showTime(row.querySelector(".time"), j.duration, j.eta);
     const cancel = row.querySelector("button.cancel");
