@@ -23,6 +23,7 @@ from gallery.errors import BadRequest
 from gallery.recipe import Recipe
 
 from .. import presets as P
+from ..diffusion import to_tensor
 from .optimise import (ClipObjective, Number, OptimImage, OptimSettings, OptimStep, StrictInt, cached_model,
                        clamp_with_grad, clip_targets, complete_recipe, image_loader, load_checked, number, optimise,
                        replace_grad, seed_generators, weights_path, whole)
