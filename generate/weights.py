@@ -118,9 +118,12 @@ def fetch_diffusion(preset: DiffusionPreset, instance: Instance, checkpoint: str
     except WeightsMissing:
         if checkpoint or preset.weights.bundled is not None:
             raise
-    w = preset.weights
+    return _download_verified(f"diffusion model {preset.name!r}", preset.weights, instance, progress)
+
+
+def _download_verified(what: str, w: WeightsFile, instance: Instance, progress: bool) -> Path:
+    # Into the model cache through a temp file; verified (and dropped if bad) before it is used.
     dest = instance.models_dir / w.filename
-    what = f"diffusion model {preset.name!r}"
     if not online(urllib.parse.urlparse(w.url).hostname):
         raise _missing(what, w.filename, w.url, dest, " and cannot be downloaded (offline?)") from None
     try:
@@ -221,20 +224,4 @@ def fetch_backend(preset, instance: Instance, path: str | None = None, progress:
     except WeightsMissing:
         if path or preset.weights.bundled is not None:
             raise
-    w = preset.weights
-    dest = instance.models_dir / w.filename
-    what = f"{preset.backend} model {preset.name!r}"
-    if not online(urllib.parse.urlparse(w.url).hostname):
-        raise _missing(what, w.filename, w.url, dest, " and cannot be downloaded (offline?)") from None
-    try:
-        download(w.url, dest, progress=progress)
-    except (urllib.error.URLError, OSError) as e:
-        raise WeightsMissing(f"could not download {what} weights from {w.url} ({e}): fetch it and save it "
-                             f"as {dest}") from None
-    try:
-        verify(dest, w)
-    except WeightsCorrupt:
-        dest.unlink(missing_ok=True)
-        raise
-    record_checksum(dest, w.url)
-    return dest
+    return _download_verified(f"{preset.backend} model {preset.name!r}", preset.weights, instance, progress)

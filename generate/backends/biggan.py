@@ -22,8 +22,9 @@ from gallery.errors import BadRequest
 from gallery.recipe import Recipe
 
 from .. import presets as P
-from .optimise import (ClipObjective, Number, OptimImage, OptimSettings, OptimStep, above, cached_model,
-                       clip_targets, complete_recipe, image_loader, load_checked, optimise, seed_generators, weights_path)
+from .optimise import (ClipObjective, Number, OptimGenerator, OptimImage, OptimSettings, OptimStep, above,
+                       cached_model, clip_targets, complete_recipe, image_loader, load_checked, optimise,
+                       seed_generators, weights_path)
 
 PENALTY_WEIGHT = 0.01
 
@@ -99,7 +100,7 @@ class BigganImage(OptimImage):
         return PENALTY_WEIGHT * (latent_penalty(self.z) + class_penalty(torch.sigmoid(self.cls)))
 
 
-class BigganGenerator:
+class BigganGenerator(OptimGenerator):
     """A recipe's BigGAN, CLIP and targets, ready to optimise one noise and class vector per seed."""
 
     backend = "biggan"
@@ -118,18 +119,9 @@ class BigganGenerator:
                                   lambda: load_biggan(self.preset, path, device))
         self.size = int(self.preset.config["output_dim"])
         self.clip = models.clip(recipe.clip_model, device)
-        target, weights = clip_targets(self.clip, recipe, image_loader(store, models.instance, load_image), self.size)
+        load = image_loader(store, models.instance, load_image)
+        target, weights = clip_targets(self.clip, recipe, load, self.size)
         self.objective = ClipObjective(self.clip, target, weights, s)
-
-    @property
-    def image_recipe_base(self) -> Recipe:
-        """The recipe as it is recorded with each image (its CLIP resolved)."""
-        return self.recipe
-
-    @property
-    def frame_every(self) -> int:
-        """Keep an animation frame every this many iterations."""
-        return self.settings.frame_every
 
     def run(self, seeds: list[int], callback: Callable[[OptimStep], None] | None = None) -> torch.Tensor:
         """Optimise one noise and class vector per seed; returns [N, 3, H, W] in [-1, 1]."""

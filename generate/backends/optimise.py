@@ -222,6 +222,23 @@ class OptimImage(torch.nn.Module):
         """Bring the parameters back into their valid range after a step (nothing by default)."""
 
 
+class OptimGenerator:
+    """What every optimising backend's generator shares: its recipe as recorded, and its frames."""
+
+    recipe: Recipe
+    settings: OptimSettings
+
+    @property
+    def image_recipe_base(self) -> Recipe:
+        """The recipe as it is recorded with each image (its CLIP resolved)."""
+        return self.recipe
+
+    @property
+    def frame_every(self) -> int:
+        """Keep an animation frame every this many iterations."""
+        return self.settings.frame_every
+
+
 def optimise(images: list[OptimImage], objective: ClipObjective, seeds: list[int], settings: OptimSettings,
              callback: Callable[[OptimStep], None] | None = None) -> torch.Tensor:
     """Fit each seed's image to the objective with Adam; returns [N, 3, H, W] in [-1, 1].

@@ -17,8 +17,8 @@ from gallery.errors import BadRequest
 from gallery.recipe import Recipe
 
 from .. import presets as P
-from .optimise import (ClipObjective, OptimImage, OptimSettings, OptimStep, StrictInt, clamp_with_grad, clip_targets,
-                       complete_recipe, image_loader, optimise, seed_generators, whole)
+from .optimise import (ClipObjective, OptimGenerator, OptimImage, OptimSettings, OptimStep, StrictInt,
+                       clamp_with_grad, clip_targets, complete_recipe, image_loader, optimise, seed_generators, whole)
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -55,7 +55,7 @@ class SirenImage(OptimImage):
         return clamp_with_grad(self.siren(), -1, 1)
 
 
-class SirenGenerator:
+class SirenGenerator(OptimGenerator):
     """A recipe's CLIP targets, ready to fit one SIREN per seed."""
 
     backend = "siren"
@@ -73,16 +73,6 @@ class SirenGenerator:
         load = image_loader(store, models.instance, load_image)
         target, weights = clip_targets(self.clip, recipe, load, self.settings.size)
         self.objective = ClipObjective(self.clip, target, weights, self.settings)
-
-    @property
-    def image_recipe_base(self) -> Recipe:
-        """The recipe as it is recorded with each image (its CLIP resolved)."""
-        return self.recipe
-
-    @property
-    def frame_every(self) -> int:
-        """Keep an animation frame every this many iterations."""
-        return self.settings.frame_every
 
     def run(self, seeds: list[int], callback: Callable[[OptimStep], None] | None = None) -> torch.Tensor:
         """Fit one SIREN per seed; returns [N, 3, size, size] in [-1, 1]."""

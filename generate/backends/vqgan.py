@@ -24,9 +24,9 @@ from gallery.recipe import Recipe
 
 from .. import presets as P
 from ..diffusion import to_tensor
-from .optimise import (ClipObjective, Number, OptimImage, OptimSettings, OptimStep, StrictInt, cached_model,
-                       clamp_with_grad, clip_targets, complete_recipe, image_loader, load_checked, number, optimise,
-                       replace_grad, seed_generators, weights_path, whole)
+from .optimise import (ClipObjective, Number, OptimGenerator, OptimImage, OptimSettings, OptimStep, StrictInt,
+                       cached_model, clamp_with_grad, clip_targets, complete_recipe, image_loader, load_checked, number,
+                       optimise, replace_grad, seed_generators, weights_path, whole)
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -121,7 +121,7 @@ class VqganImage(OptimImage):
         self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))
 
 
-class VqganGenerator:
+class VqganGenerator(OptimGenerator):
     """A recipe's VQGAN, CLIP and targets, ready to optimise one latent grid per seed."""
 
     backend = "vqgan"
@@ -142,21 +142,12 @@ class VqganGenerator:
         self.model = cached_model(models, ("vqgan", self.preset.name, str(path), str(device)),
                                   lambda: load_vqgan(self.preset, path, device))
         self.clip = models.clip(recipe.clip_model, device)
+        load = image_loader(store, models.instance, load_image)
         self.init = None
         if recipe.init_image:
-            self.init = to_tensor(image_loader(store, models.instance, load_image)(recipe.init_image), s.size)
-        target, weights = clip_targets(self.clip, recipe, image_loader(store, models.instance, load_image), s.size)
+            self.init = to_tensor(load(recipe.init_image), s.size)
+        target, weights = clip_targets(self.clip, recipe, load, s.size)
         self.objective = ClipObjective(self.clip, target, weights, s)
-
-    @property
-    def image_recipe_base(self) -> Recipe:
-        """The recipe as it is recorded with each image (its CLIP resolved)."""
-        return self.recipe
-
-    @property
-    def frame_every(self) -> int:
-        """Keep an animation frame every this many iterations."""
-        return self.settings.frame_every
 
     def run(self, seeds: list[int], callback: Callable[[OptimStep], None] | None = None) -> torch.Tensor:
         """Optimise one latent grid per seed; returns [N, 3, size, size] in [-1, 1]."""
