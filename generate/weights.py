@@ -88,6 +88,20 @@ def verify(path: Path, w: WeightsFile | None = None) -> None:
         record_checksum(path, meta.get("url"))
 
 
+def _locate(what: str, name: str, w: WeightsFile, instance: Instance, rebuild: str) -> Path:
+    # The bundled file (``rebuild`` says how to make it again), else the verified cached download.
+    if w.bundled is not None:
+        if not w.bundled.is_file():
+            raise WeightsMissing(f"bundled weights {w.bundled} are missing; rebuild them with {rebuild}")
+        verify(w.bundled, w)
+        return w.bundled
+    dest = instance.models_dir / w.filename
+    if not dest.is_file():
+        raise _missing(what, w.filename, w.url, dest, f" (run: clip-curator fetch {name})")
+    verify(dest, w)
+    return dest
+
+
 def locate_diffusion(preset: DiffusionPreset, instance: Instance, checkpoint: str | None = None) -> Path:
     """A verified local path to the preset's weights; WeightsMissing if they are not here."""
     if checkpoint:
@@ -95,19 +109,8 @@ def locate_diffusion(preset: DiffusionPreset, instance: Instance, checkpoint: st
         if not path.is_file():
             raise WeightsMissing(f"checkpoint not found: {path}")
         return path
-    w = preset.weights
-    if w.bundled is not None:
-        if not w.bundled.is_file():
-            raise WeightsMissing(f"bundled weights {w.bundled} are missing; rebuild them with "
-                                 "python -m generate.tiny.train")
-        verify(w.bundled, w)
-        return w.bundled
-    dest = instance.models_dir / w.filename
-    if not dest.is_file():
-        raise _missing(f"diffusion model {preset.name!r}", w.filename, w.url, dest,
-                       f" (run: clip-curator fetch {preset.name})")
-    verify(dest, w)
-    return dest
+    return _locate(f"diffusion model {preset.name!r}", preset.name, preset.weights, instance,
+                   "python -m generate.tiny.train")
 
 
 def fetch_diffusion(preset: DiffusionPreset, instance: Instance, checkpoint: str | None = None,
@@ -202,19 +205,8 @@ def locate_backend(preset, instance: Instance, path: str | None = None) -> Path:
         if not given.is_file():
             raise WeightsMissing(f"weights file not found: {given}")
         return given
-    w = preset.weights
-    if w.bundled is not None:
-        if not w.bundled.is_file():
-            raise WeightsMissing(f"bundled weights {w.bundled} are missing; rebuild them with the training "
-                                 f"script in scripts/ for {preset.name}")
-        verify(w.bundled, w)
-        return w.bundled
-    dest = instance.models_dir / w.filename
-    if not dest.is_file():
-        raise _missing(f"{preset.backend} model {preset.name!r}", w.filename, w.url, dest,
-                       f" (run: clip-curator fetch {preset.name})")
-    verify(dest, w)
-    return dest
+    return _locate(f"{preset.backend} model {preset.name!r}", preset.name, preset.weights, instance,
+                   f"the training script in scripts/ for {preset.name}")
 
 
 def fetch_backend(preset, instance: Instance, path: str | None = None, progress: bool = True) -> Path:
